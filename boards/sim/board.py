@@ -1,0 +1,167 @@
+"""Simulated board: every HAL call is a line to the runner (tools/sim.py), which owns the
+physical world (EV, cable, contactor, RCD, meter). Outputs are sent the moment the firmware
+commands them, so the runner stamps each change when it happens."""
+
+import socket
+import sys
+import time
+
+# Replies come from a process on the same host; a silent runner means the world is gone.
+_REPLY_TIMEOUT_S = 5
+
+
+class _World:
+    """The line protocol to the runner: fire-and-forget outputs, request/reply inputs."""
+
+    def __init__(self, port):
+        s = socket.socket()
+        s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+        # TCP_NODELAY (IPPROTO_TCP=6, option 1): without it Nagle holds each small request
+        # behind the previous one's delayed ACK and a loop takes 40 ms instead of 5.
+        s.setsockopt(6, 1, 1)
+        s.settimeout(_REPLY_TIMEOUT_S)
+        self._s = s
+
+    def send(self, line):
+        self._s.write(line)
+
+    def ask(self, line):
+        self._s.write(line)
+        reply = self._s.readline()
+        if not reply:
+            raise OSError("sim runner gone")
+        return reply
+
+
+class Pilot:
+    def __init__(self, world, cid, hal):
+        self._w = world
+        self._p = b"P %d " % cid
+        self._s = b"S %d\n" % cid
+        self._hal = hal
+
+    def pwm(self, duty_u16):
+        self._w.send(self._p + b"%d\n" % duty_u16)
+
+    def plus12(self):
+        self._w.send(self._p + b"H\n")
+
+    def minus12(self):
+        self._w.send(self._p + b"L\n")
+
+    def sample(self):
+        """(high_mv, low_mv). The same reply carries the board's other inputs, latched at
+        this instant, as one ADC/GPIO scan would on a real board."""
+        f = self._w.ask(self._s).split()
+        h = self._hal
+        h.fb = f[2] == b"1"
+        h.rcd = f[3] == b"1"
+        h.pp = int(f[4])
+        return int(f[0]), int(f[1])
+
+
+class Contactor:
+    def __init__(self, world, cid, hal):
+        self._w = world
+        self._k = b"K %d " % cid
+        self._hal = hal
+
+    def set(self, on):
+        self._w.send(self._k + (b"1\n" if on else b"0\n"))
+
+    def feedback(self):
+        return self._hal.fb
+
+
+class ConnectorHal:
+    def __init__(self, world, cid):
+        self.fb = False
+        self.rcd = False
+        self.pp = -1
+        self._w = world
+        self._t = b"T %d " % cid
+        self.pilot = Pilot(world, cid, self)
+        self.contactor = Contactor(world, cid, self)
+
+    def rcd_tripped(self):
+        return self.rcd
+
+    def rcd_test(self, on):
+        self._w.send(self._t + (b"1\n" if on else b"0\n"))
+
+    def pp_ohms(self):
+        return None if self.pp < 0 else self.pp
+
+
+class _Wdt:
+    def __init__(self, world, timeout_ms):
+        self._w = world
+        world.send(b"W %d\n" % timeout_ms)
+
+    def feed(self):
+        self._w.send(b"w\n")
+
+
+def _args(argv):
+    opts = {"config": []}
+    i = 1
+    while i < len(argv):
+        k = argv[i]
+        if k.startswith("--") and i + 1 < len(argv):
+            v = argv[i + 1]
+            if k == "--config":
+                opts["config"].append(v)
+            else:
+                opts[k[2:]] = v
+            i += 2
+        else:
+            i += 1
+    return opts
+
+
+class Board:
+    name = "sim"
+    max_current_a = 32.0  # what the simulated contactor and wiring are rated for
+    phases = 3
+
+    def __init__(self, argv=None):
+        opts = _args(argv if argv is not None else sys.argv)
+        self._w = _World(int(opts["runner"]))
+        # Safety first: contactors off before anything else runs (a real board does this
+        # with the pin's reset state and the first line of board setup).
+        n = int(opts.get("connectors", "1"))
+        for cid in range(1, n + 1):
+            self._w.send(b"K %d 0\n" % cid)
+        self.connectors = [ConnectorHal(self._w, cid) for cid in range(1, n + 1)]
+        self.fs = opts.get("state-dir", ".")
+        self.uid = opts.get("uid", "5e0001")
+        b = opts.get("broker")
+        self.broker = None
+        if b:
+            host, _, port = b.rpartition(":")
+            self.broker = (host, int(port))
+        self.config_overrides = opts["config"]
+        self.uart = None  # the meter bus arrives with the Modbus issue
+        self.spi = None
+
+    def temp_c(self):
+        return int(self._w.ask(b"t\n")) / 100
+
+    def wdt(self, timeout_ms):
+        return _Wdt(self._w, timeout_ms)
+
+    def led(self, state):
+        pass
+
+    def ready(self):
+        self._w.send(b"U\n")
+
+    def idle(self, ms):
+        time.sleep_ms(ms)
+
+    def unix_time(self):
+        return int(time.time())
+
+    def reset(self):
+        self._w.send(b"X\n")
+        sys.exit(0)

@@ -1,0 +1,3 @@
+"""EV charge-point controller core: pilot, connector state machine, limits, config."""
+
+VERSION = "0.1.0"

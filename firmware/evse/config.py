@@ -1,0 +1,127 @@
+"""Configuration: one declarative schema, validated updates, stored on flash as JSON."""
+
+from evse.compat import const
+
+_SECRET = const(1)
+
+# (key, type, default, min, max, flags). type: int, float, bool, str, or a tuple of choices.
+# Later issues add their keys here; nothing else in the firmware invents configuration.
+SCHEMA = (
+    ("station_id", str, "", 0, 64, 0),
+    ("prefix", str, "evse", 1, 32, 0),
+    ("mqtt.host", str, "127.0.0.1", 0, 128, 0),
+    ("mqtt.port", int, 1883, 1, 65535, 0),
+    ("mqtt.user", str, "", 0, 64, 0),
+    ("mqtt.password", str, "", 0, 128, _SECRET),
+    ("status_interval_s", int, 60, 5, 3600, 0),
+    ("max_current_a", float, 32.0, 6.0, 80.0, 0),
+    ("phases", int, 3, 1, 3, 0),
+    ("auth_mode", ("free",), "free", 0, 0, 0),
+    ("ventilation", bool, False, 0, 0, 0),
+    ("socket", bool, False, 0, 0, 0),
+    ("thermal.derate_c", float, 60.0, 20.0, 120.0, 0),
+    ("thermal.derate_current_a", float, 10.0, 6.0, 80.0, 0),
+    ("thermal.stop_c", float, 75.0, 20.0, 130.0, 0),
+    ("thermal.hysteresis_c", float, 5.0, 1.0, 30.0, 0),
+    ("failsafe_after_s", int, 120, 5, 86400, 0),
+    ("failsafe_current_a", float, 6.0, 0.0, 80.0, 0),
+)
+
+FILE = "config.json"
+
+
+def _entry(key):
+    for e in SCHEMA:
+        if e[0] == key:
+            return e
+    return None
+
+
+def check(key, value):
+    """The value coerced to the key's type, or raises ValueError("code: detail")."""
+    e = _entry(key)
+    if e is None:
+        raise ValueError("bad_arg: unknown key %s" % key)
+    typ, lo, hi = e[1], e[3], e[4]
+    if isinstance(typ, tuple):
+        if value not in typ:
+            raise ValueError("out_of_range: %s must be one of %s" % (key, ",".join(typ)))
+        return value
+    if typ is bool:
+        if value is True or value is False:
+            return value
+        raise ValueError("bad_arg: %s must be a boolean" % key)
+    if typ is float:
+        # JSON has one number type; an int is a fine float, a bool is not.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("bad_arg: %s must be a number" % key)
+        value = float(value)
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("bad_arg: %s must be an integer" % key)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ValueError("bad_arg: %s must be a string" % key)
+        if not lo <= len(value) <= hi:
+            raise ValueError("out_of_range: %s length must be %d..%d" % (key, lo, hi))
+        return value
+    if not lo <= value <= hi:
+        raise ValueError("out_of_range: %s must be %s..%s" % (key, lo, hi))
+    return value
+
+
+class Config:
+    """Current values, backed by a Store. Missing or corrupt file -> defaults + event."""
+
+    def __init__(self, store, events=None, overrides=None):
+        self._store = store
+        self.values = {}
+        for e in SCHEMA:
+            self.values[e[0]] = e[2]
+        try:
+            saved = store.read_json(FILE)
+            if saved is None:
+                if events:
+                    events.add("info", "ConfigDefaults", 0, "no config file: defaults")
+            elif not isinstance(saved, dict):
+                raise ValueError("not an object")
+        except (ValueError, OSError) as ex:
+            saved = None
+            # Keep the bad file for the technician, then carry on with defaults.
+            try:
+                store.rename(FILE, FILE + ".bad")
+            except OSError:
+                pass
+            if events:
+                events.add("warn", "ConfigCorrupt", 0, "config unreadable (%s): defaults" % ex)
+        if saved:
+            for k, v in saved.items():
+                try:
+                    self.values[k] = check(k, v)
+                except ValueError as ex:
+                    # One bad stored value must not cost the others: keep its default.
+                    if events:
+                        events.add("warn", "ConfigValue", 0, str(ex))
+        elif overrides:
+            # Factory state: the runner's first-boot overrides are applied and saved.
+            self.update(overrides)
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    def update(self, changes):
+        """All-or-nothing: validate every key first, then apply and save once."""
+        clean = {}
+        for k, v in changes.items():
+            clean[k] = check(k, v)
+        self.values.update(clean)
+        self._store.write_json(FILE, self.values)
+        return clean
+
+    def public(self):
+        """All values with secrets masked, for publishing and config_get."""
+        out = {}
+        for e in SCHEMA:
+            v = self.values[e[0]]
+            out[e[0]] = "***" if (e[5] & _SECRET and v) else v
+        return out

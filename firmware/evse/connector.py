@@ -1,0 +1,314 @@
+"""Layer 2: one connector's charging state machine (IEC 61851-1 sequences, OCPP 1.6 states)."""
+
+from evse import pilot
+from evse.compat import const, ticks_diff
+from evse.limits import Limits
+from evse.pp import cable_a
+from evse.rcd import FAILED, IDLE, PASSED, RcdSelfTest
+
+# Pilot output modes.
+OUT_X1 = const(0)  # constant +12 V: nothing offered, CP still readable
+OUT_PWM = const(1)  # 1 kHz PWM: current offered (X2)
+OUT_F = const(2)  # constant -12 V: state F, EVSE unavailable / faulted
+
+# How a latched fault clears.
+CLEAR_UNPLUG = const(0)  # CP back in A
+CLEAR_COND = const(1)  # the condition is gone (CP back in A or B)
+CLEAR_RCD = const(2)  # CP in A and an RCD self-test passed
+CLEAR_WELD = const(3)  # feedback reads open and CP in A
+
+# IEC 61851-1 Table A.5 as EVerest reads it: state F for at least 300 ms on an EVSE fault.
+_F_PULSE_MS = const(300)
+# S2 settle before closing; IEC 61851-1 Table A.6 seq. 4 allows up to 3 s after B2->C2.
+_CLOSE_SETTLE_MS = const(200)
+# IEC 61851-1 Table A.6 seq. 10.2: PWM off, EV stays in C -> open under load after 6 s.
+_C1_TIMEOUT_MS = const(6000)
+# "PWM may only be updated every 5 seconds" (EVerest, after IEC 61851-1): increases only.
+_DUTY_SPACING_MS = const(5000)
+# Mirror-contact debounce (Tinkerforge WARP uses 250 ms) before a disagreement is a fault.
+_FEEDBACK_SETTLE_MS = const(250)
+# Samples after an output change before CP readings reflect it.
+_SETTLE_SAMPLES = const(2)
+# Retry a failed RCD self-test this often while latched.
+_RCD_RETRY_MS = const(30000)
+
+PLUGGED = (pilot.B, pilot.C, pilot.D)
+
+
+class Connector:
+    """Turns debounced CP state, faults, authorization and limits into pilot and contactor
+    outputs. All transitions happen in step(); nothing else touches the outputs."""
+
+    def __init__(self, cid, hal, cfg, events):
+        self.id = cid
+        self._hal = hal
+        self._cfg = cfg
+        self._events = events
+        self.det = pilot.Detector()
+        self.limits = Limits()
+        self.rcd = RcdSelfTest(hal)
+        self.enabled = True
+        self.authorized = False
+        self.finished = False
+        self.fault = None  # OCPP ChargePointErrorCode while Faulted
+        self.fault_detail = None
+        self._fault_clear = CLEAR_UNPLUG
+        self._fault_ms = 0
+        self._rcd_retry_ms = 0
+        self.contactor = False
+        self._contactor_ms = 0
+        self.out = None  # unknown until the first step forces an output
+        self.duty = None  # duty_u16 while OUT_PWM
+        self._duty_ms = None  # last duty change; None = the next PWM start is immediate
+        self._out_samples = 0
+        self._x1_ms = 0
+        self._creq_ms = None
+        self._diode_bad = 0
+        self.cp = pilot.A
+        self.limit_a = 0.0
+        self.limit_by = "hardware"
+        self.state = "Available"
+        self.thermal_stop = False
+
+    # -- outputs -------------------------------------------------------------------------
+    def _set_contactor(self, on, now):
+        if on != self.contactor:
+            self._hal.contactor.set(on)
+            self.contactor = on
+            self._contactor_ms = now
+
+    def _set_out(self, mode, duty, now):
+        if mode == self.out and duty == self.duty:
+            return
+        p = self._hal.pilot
+        if mode == OUT_PWM:
+            p.pwm(duty)
+        elif mode == OUT_F:
+            p.minus12()
+        else:
+            p.plus12()
+        if mode != self.out:
+            self._out_samples = 0
+            if mode == OUT_X1:
+                self._x1_ms = now
+        if mode == OUT_PWM or self.out == OUT_PWM:
+            self._duty_ms = now
+        self.out = mode
+        self.duty = duty if mode == OUT_PWM else None
+
+    def force_safe(self, now):
+        """Open the contactor and stop offering: used on exceptions, before anything else."""
+        self._hal.contactor.set(False)
+        self.contactor = False
+        self._contactor_ms = now
+
+    # -- faults --------------------------------------------------------------------------
+    def set_fault(self, code, clear, now, detail):
+        if self.fault == code and self._fault_clear == clear:
+            return
+        self.fault = code
+        self.fault_detail = detail
+        self._fault_clear = clear
+        self._fault_ms = now
+        self.authorized = False
+        if clear == CLEAR_RCD and not self.rcd.busy():
+            self.rcd.state = IDLE  # a fresh trip needs a fresh self-test
+        self._events.add("error", code, self.id, detail)
+
+    def _clear_fault(self):
+        self._events.add("info", "FaultCleared", self.id, self.fault)
+        self.fault = None
+        self.fault_detail = None
+
+    def _check_fault_clear(self, now, cp, fb):
+        rule = self._fault_clear
+        if rule == CLEAR_COND:
+            if cp == pilot.A or cp == pilot.B:
+                self._clear_fault()
+        elif rule == CLEAR_UNPLUG:
+            if cp == pilot.A:
+                self._clear_fault()
+        elif rule == CLEAR_WELD:
+            if cp == pilot.A and not fb:
+                self._clear_fault()
+        elif rule == CLEAR_RCD and cp == pilot.A:
+            st = self.rcd.state
+            if st == PASSED:
+                self._clear_fault()
+            elif not self.rcd.busy() and (
+                st != FAILED or ticks_diff(now, self._rcd_retry_ms) >= _RCD_RETRY_MS
+            ):
+                if st == FAILED:
+                    self._events.add("error", "RcdSelfTestFailed", self.id, "retrying")
+                self._rcd_retry_ms = now
+                self.rcd.start(now)
+
+    # -- commands ------------------------------------------------------------------------
+    def set_enabled(self, on):
+        self.enabled = on
+        if not on:
+            self.authorized = False
+
+    def stop(self):
+        """End charging for this plug-in (Finishing until unplugged)."""
+        if self.authorized:
+            self.finished = True
+            self.authorized = False
+
+    # -- the state machine ---------------------------------------------------------------
+    def step(self, now, station_limits, thermal_stop):
+        hal = self._hal
+        cfg = self._cfg
+        high_mv, low_mv = hal.pilot.sample()
+        prev_cp = self.cp
+        cp = self.det.feed(high_mv, low_mv)
+        self._out_samples += 1
+        settled = self._out_samples > _SETTLE_SAMPLES and self.out != OUT_F
+        fb = hal.contactor.feedback()
+
+        # 1. Residual current: power off in this very step, latch until unplug + self-test.
+        if self.rcd.busy():
+            if self.rcd.step(now, ticks_diff) == FAILED and self.fault is None:
+                self.set_fault("GroundFailure", CLEAR_RCD, now, "RCD self-test failed")
+        elif hal.rcd_tripped():
+            self._set_contactor(False, now)
+            self.set_fault("GroundFailure", CLEAR_RCD, now, "residual current detected")
+
+        # 2. Contactor mirror contact must follow the command.
+        if fb is not None and fb != self.contactor:
+            if ticks_diff(now, self._contactor_ms) > _FEEDBACK_SETTLE_MS:
+                if fb:
+                    self.set_fault(
+                        "PowerSwitchFailure", CLEAR_WELD, now, "contactor welded: closed while commanded open"
+                    )
+                elif self.fault != "PowerSwitchFailure":
+                    self._set_contactor(False, now)
+                    self.set_fault(
+                        "PowerSwitchFailure", CLEAR_UNPLUG, now, "contactor did not close"
+                    )
+
+        # 3. Pilot faults, judged only on readings taken with a settled, readable output.
+        if settled and self.fault is None:
+            if cp == pilot.E or cp == pilot.F:
+                # E: CP shorted to PE. F while we drive +12 V: CP stuck low. Power off now.
+                self._set_contactor(False, now)
+                self.set_fault(
+                    "EVCommunicationError", CLEAR_COND, now, "CP state %s (%d mV)" % (cp, high_mv)
+                )
+            elif cp == pilot.D and not cfg["ventilation"]:
+                # State D asks for ventilation this site lacks: refuse, as EVerest does.
+                self._set_contactor(False, now)
+                self.set_fault("OtherError", CLEAR_COND, now, "EV requires ventilation (state D)")
+            elif self.out == OUT_PWM and cp in PLUGGED and not self.det.diode_ok():
+                # IEC 61851-1: check the -12 V low level (diode) before closing and while on.
+                self._diode_bad += 1
+                if self._diode_bad >= 2:
+                    self._set_contactor(False, now)
+                    self.set_fault(
+                        "EVCommunicationError", CLEAR_UNPLUG, now, "no EV diode (CP low %d mV)" % low_mv
+                    )
+            else:
+                self._diode_bad = 0
+
+        if self.fault is not None and settled:
+            self._check_fault_clear(now, cp, fb)
+
+        # 4. Plug-in / unplug edges (readable only while we do not drive F).
+        if self.out != OUT_F:
+            if cp == pilot.A and prev_cp != pilot.A:
+                self.authorized = False
+                self.finished = False
+                self._duty_ms = None
+            elif cp in PLUGGED and prev_cp not in PLUGGED and self.enabled and self.fault is None:
+                # auth_mode "free": plug and charge. RFID/backend modes arrive with sessions.
+                self.authorized = cfg["auth_mode"] == "free"
+            self.cp = cp
+        else:
+            self.cp = pilot.F
+
+        # 5. Limits: station-wide sources plus this connector's cable and backend entries.
+        if cfg["socket"] and cp in PLUGGED:
+            self.limits.set("cable", cable_a(hal.pp_ohms()))
+        else:
+            self.limits.clear("cable")
+        limit, by = self.limits.effective(now, ticks_diff, station_limits)
+        if limit is None:
+            limit, by = 0.0, "hardware"
+        self.limit_a = limit
+        self.limit_by = by
+        self.thermal_stop = thermal_stop
+
+        # 6. Decide the outputs.
+        cp = self.cp
+        if self.fault is not None:
+            mode = OUT_F if ticks_diff(now, self._fault_ms) < _F_PULSE_MS else OUT_X1
+            duty = None
+        elif not self.enabled:
+            mode, duty = OUT_F, None
+        elif (
+            self.authorized
+            and not self.finished
+            and cp in PLUGGED
+            and limit >= pilot.MIN_CURRENT_A
+            and not self.rcd.busy()
+        ):
+            mode, duty = OUT_PWM, pilot.duty_u16(limit)
+            if self.out == OUT_PWM:
+                if duty > self.duty and ticks_diff(now, self._duty_ms) < _DUTY_SPACING_MS:
+                    duty = self.duty  # increase later; reductions apply at once
+            elif self._duty_ms is not None and ticks_diff(now, self._duty_ms) < _DUTY_SPACING_MS:
+                mode, duty = OUT_X1, None  # resuming after a pause counts as an increase
+        else:
+            mode, duty = OUT_X1, None
+
+        charge_req = cp == pilot.C or (cp == pilot.D and cfg["ventilation"])
+        close = False
+        if self.fault is None and self.enabled and charge_req:
+            if mode == OUT_PWM and self.out == OUT_PWM and self._diode_bad == 0:
+                if self._creq_ms is None:
+                    self._creq_ms = now
+                close = self.contactor or ticks_diff(now, self._creq_ms) >= _CLOSE_SETTLE_MS
+            elif self.contactor and mode == OUT_X1:
+                # Paused (X1) under load: the EV should answer C->B; force open after 6 s.
+                x1_ms = self._x1_ms if self.out == OUT_X1 else now
+                close = ticks_diff(now, x1_ms) < _C1_TIMEOUT_MS
+                self._creq_ms = None
+        else:
+            self._creq_ms = None
+
+        # Open before changing the pilot, close only after PWM is already on.
+        if not close:
+            self._set_contactor(False, now)
+        self._set_out(mode, duty, now)
+        if close:
+            self._set_contactor(True, now)
+
+        self.state = self._derive_state(cp)
+
+    def _derive_state(self, cp):
+        """OCPP 1.6 ChargePointStatus; priority as in MicroOcpp's Connector::getStatus."""
+        if self.fault is not None:
+            return "Faulted"
+        if not self.enabled:
+            return "Unavailable"
+        if cp not in PLUGGED:
+            return "Available"
+        if self.finished:
+            return "Finishing"
+        if not self.authorized:
+            return "Preparing"
+        if self.contactor:
+            return "Charging" if self.out == OUT_PWM else "SuspendedEVSE"
+        if self.out == OUT_PWM:
+            return "SuspendedEV"
+        return "SuspendedEVSE"
+
+    @property
+    def offered_a(self):
+        return pilot.offered_a(self.duty) if self.out == OUT_PWM else 0.0
+
+    @property
+    def error(self):
+        if self.fault is not None:
+            return self.fault
+        return "HighTemperature" if self.thermal_stop else None

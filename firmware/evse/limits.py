@@ -1,0 +1,53 @@
+"""Current-limit arbitration: every source is an entry; the lowest live one wins."""
+
+# Fixed order: on a tie the earlier source is reported as the one that set the limit.
+SOURCES = (
+    "hardware",
+    "cable",
+    "config",
+    "thermal",
+    "failsafe",
+    "backend",
+    "schedule",
+    "site",
+    "phase",
+    "budget",
+    "startup_delay",
+)
+
+
+class Limits:
+    """Per-scope limits in amperes; an entry may carry an expiry (ticks ms)."""
+
+    def __init__(self):
+        self._by = {}  # source -> (amps, expires_ms or None)
+
+    def set(self, source, amps, expires_ms=None):
+        if source not in SOURCES:
+            raise ValueError(source)
+        self._by[source] = (amps, expires_ms)
+
+    def clear(self, source):
+        self._by.pop(source, None)
+
+    def get(self, source):
+        e = self._by.get(source)
+        return None if e is None else e[0]
+
+    def effective(self, now_ms, ticks_diff, other=None):
+        """(amps, source) of the lowest live limit, also considering `other` (a Limits
+        for a wider scope, e.g. the station). Expired entries are dropped here."""
+        best, by = None, None
+        for scope in (self, other):
+            if scope is None:
+                continue
+            for src in SOURCES:
+                e = scope._by.get(src)
+                if e is None:
+                    continue
+                if e[1] is not None and ticks_diff(e[1], now_ms) <= 0:
+                    scope._by.pop(src)  # safe: we iterate SOURCES, not the dict
+                    continue
+                if best is None or e[0] < best:
+                    best, by = e[0], src
+        return best, by

@@ -1,0 +1,181 @@
+"""One charging station: its connectors, configuration, limits and the control loop."""
+
+import sys
+
+from evse import VERSION
+from evse.compat import const, ticks_diff, ticks_ms
+from evse.config import Config
+from evse.connector import CLEAR_UNPLUG, Connector
+from evse.events import Events
+from evse.limits import Limits
+from evse.store import Store
+from evse.thermal import DERATE, STOP, Thermal
+
+LOOP_MS = const(5)  # control-loop period: CP changes are seen within ~2 loops
+_WDT_MS = const(2000)  # hardware watchdog: a stalled loop resets the board
+_TEMP_EVERY_MS = const(250)  # temperature changes slowly; don't read it every loop
+
+
+def parse_overrides(items):
+    """["key=json", ...] (the runner's --config) -> {key: value}; bare strings allowed."""
+    import json
+
+    out = {}
+    for item in items or ():
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+class Station:
+    def __init__(self, board, log=None, overrides=None):
+        self.board = board
+        self._log = log
+        self.events = Events(log)
+        self.store = Store(board.fs)
+        self.cfg = Config(self.store, self.events, overrides)
+        self.limits = Limits()  # station scope: hardware, config, thermal, ...
+        self.thermal = Thermal()
+        self.temp_c = None
+        self._temp_ms = None
+        self.connectors = [
+            Connector(i + 1, hal, self.cfg, self.events) for i, hal in enumerate(board.connectors)
+        ]
+        self.link = None
+        self.boot_ms = ticks_ms()
+        self.loop_max_gap_ms = 0
+        self.loop_count = 0
+        self.exceptions = 0
+        now = self.boot_ms
+        for c in self.connectors:
+            c.rcd.start(now)  # self-test the residual-current detector before any charge
+
+    @property
+    def station_id(self):
+        return self.cfg["station_id"] or "evse-" + self.board.uid.lower()
+
+    def _update_limits(self, now):
+        cfg = self.cfg
+        self.limits.set("hardware", self.board.max_current_a)
+        self.limits.set("config", cfg["max_current_a"])
+        if self._temp_ms is None or ticks_diff(now, self._temp_ms) >= _TEMP_EVERY_MS:
+            self._temp_ms = now
+            self.temp_c = self.board.temp_c()
+            was = self.thermal.level
+            lvl = self.thermal.update(
+                self.temp_c,
+                cfg["thermal.derate_c"],
+                cfg["thermal.stop_c"],
+                cfg["thermal.hysteresis_c"],
+            )
+            if lvl == DERATE:
+                self.limits.set("thermal", cfg["thermal.derate_current_a"])
+            elif lvl == STOP:
+                self.limits.set("thermal", 0.0)
+            else:
+                self.limits.clear("thermal")
+            if lvl != was:
+                self.events.add(
+                    "warn" if lvl else "info",
+                    "HighTemperature" if lvl else "TemperatureNormal",
+                    0,
+                    "%.1f C, thermal level %d" % (self.temp_c, lvl),
+                )
+
+    def step(self, now):
+        """One control-loop iteration. Exceptions never leave a contactor closed."""
+        try:
+            self._update_limits(now)
+        except Exception as e:  # noqa: BLE001 - a sensor fault must not stop the pilot
+            self._internal_error(None, now, e)
+            self.limits.set("thermal", 0.0)
+        stop = self.thermal.level == STOP
+        for c in self.connectors:
+            try:
+                c.step(now, self.limits, stop)
+            except Exception as e:  # noqa: BLE001 - IEC: power off on any fault
+                self._internal_error(c, now, e)
+
+    def _internal_error(self, conn, now, exc):
+        self.exceptions += 1
+        if conn is not None:
+            try:
+                conn.force_safe(now)
+            except Exception:  # noqa: BLE001
+                pass
+            conn.set_fault("InternalError", CLEAR_UNPLUG, now, repr(exc))
+        else:
+            self.events.add("error", "InternalError", 0, repr(exc))
+        if self._log and hasattr(sys, "print_exception"):
+            sys.print_exception(exc)
+
+    def status(self, now):
+        """The status payload of the MQTT API (shared/spec/mqtt-api.md, Status)."""
+        conns = []
+        for c in self.connectors:
+            conns.append(
+                {
+                    "id": c.id,
+                    "state": c.state,
+                    "cp": c.cp,
+                    "contactor": c.contactor,
+                    "offered_a": c.offered_a,
+                    "limit_a": round(c.limit_a, 1),
+                    "limit_by": c.limit_by,
+                    "session": None,
+                    "error": c.error,
+                }
+            )
+        return {
+            "ts": self.board.unix_time(),
+            "uptime_s": ticks_diff(now, self.boot_ms) // 1000,
+            "connectors": conns,
+        }
+
+    def status_key(self):
+        """What a status change is judged on (everything but ts/uptime)."""
+        k = []
+        for c in self.connectors:
+            k.append((c.state, c.cp, c.contactor, c.duty, c.limit_a, c.limit_by, c.error))
+        return k
+
+    def info(self):
+        return {
+            "api": 1,
+            "fw": VERSION,
+            "board": self.board.name,
+            "connectors": len(self.connectors),
+            "phases": self.cfg["phases"],
+            "max_current_a": float(self.board.max_current_a),
+            "meter": None,
+            "rfid": False,
+        }
+
+    def run(self, link=None):
+        """The control loop. Never returns except by reset."""
+        board = self.board
+        wdt = board.wdt(_WDT_MS)
+        last = ticks_ms()
+        first = True
+        while True:
+            now = ticks_ms()
+            gap = ticks_diff(now, last)
+            last = now
+            if gap > self.loop_max_gap_ms and not first:
+                self.loop_max_gap_ms = gap
+            self.step(now)
+            self.loop_count += 1
+            if link is not None:
+                try:
+                    link.poll(now)
+                except Exception as e:  # noqa: BLE001 - the network never stops charging
+                    link.failed(e)
+            wdt.feed()
+            if first:
+                board.ready()
+                first = False
+            spent = ticks_diff(ticks_ms(), now)
+            board.idle(LOOP_MS - spent if spent < LOOP_MS else 0)

@@ -1,0 +1,477 @@
+"""The physical world around a simulated charger: EV, cable, contactor, RCD, meter, clock.
+
+Every change is applied under one lock and stamped with the monotonic microsecond clock at
+the moment it happens here (a firmware command arriving, a control op, or a delayed physical
+reaction coming due); stamps are never computed afterwards.
+"""
+
+import threading
+import time
+
+CONTACTOR_DELAY_S = 0.015  # mechanical: coil energised -> contacts (and mirror) follow
+VOLTAGE_V = 230.0
+PP_OHMS = {13: 1500, 20: 680, 32: 220, 63: 100}
+CP_HIGH_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000}
+FAULT_KINDS = (
+    "rcd",
+    "weld",
+    "stuck_open",
+    "diode",
+    "cp_short",
+    "meter_down",
+    "meter_garbage",
+    "reader_down",
+)
+
+
+def now_us():
+    return time.monotonic_ns() // 1000
+
+
+def ev_reads_a(duty_pct):
+    """What a vehicle takes a duty to offer (IEC 61851-1 Table A.8, EV side)."""
+    if duty_pct is None or duty_pct < 8.0 or duty_pct > 97.0:
+        return 0.0
+    if duty_pct < 10.0:
+        return 6.0
+    if duty_pct <= 85.0:
+        return duty_pct * 0.6
+    if duty_pct <= 96.0:
+        return (duty_pct - 64.0) * 2.5
+    return 80.0
+
+
+class Conn:
+    """One connector's world: the EVSE's outputs and everything on the vehicle side."""
+
+    def __init__(self, world, cid):
+        self.w = world
+        self.id = cid
+        self.plugged = False
+        self.cable_a = None
+        self.request = False
+        self.vent = False
+        self.max_a = 32.0
+        self.phases = 3
+        self.respond_s = 1.0
+        self.diode = True
+        self.pilot = "off"  # "off" (board in reset), "+12", "-12", or "pwm"
+        self.duty_u16 = None
+        self.contactor = False  # commanded
+        self.closed = False  # the contacts, seen by the mirror contact
+        self.rcd_test = False
+        self.rcd = False
+        self.ev_i = [0.0, 0.0, 0.0]
+        self._pending_i = None  # (due_us, [i1, i2, i3])
+        self._pending_contacts = None  # (due_us, closed)
+        self.cp = "A"
+        self.energy_wh = 0.0
+
+    # -- derived physics ----------------------------------------------------------------
+    def ev_state(self):
+        if not self.plugged:
+            return "A"
+        if self.w.faults[self.id]["cp_short"]:
+            return "E"
+        if self.pilot == "-12":
+            return "F"
+        if self.pilot == "off":
+            return "E"  # no generator: CP sits at 0 V
+        if self.request:
+            return "D" if self.vent else "C"
+        return "B"
+
+    def duty_pct(self):
+        if self.pilot != "pwm":
+            return None
+        return round(self.duty_u16 * 100 / 65535, 1)
+
+    def sample(self):
+        """CP (high_mv, low_mv) as the board's ADC sees it."""
+        if self.pilot == "-12":
+            return -12000, -12000
+        if self.pilot == "off":
+            return 0, 0
+        if not self.plugged:
+            high = 12000
+        elif self.w.faults[self.id]["cp_short"]:
+            high = 0
+        else:
+            high = CP_HIGH_MV[self.ev_state()]
+        if self.pilot != "pwm" or high == 0:
+            return high, high
+        diode = self.diode and not self.w.faults[self.id]["diode"]
+        if not self.plugged or diode:
+            return high, -12000
+        return high, -high  # without the diode the EV resistors load the negative half too
+
+    def offered_a(self):
+        return round(ev_reads_a(self.duty_pct()), 1)
+
+    def target_i(self):
+        st = self.ev_state()
+        if not self.closed or st not in ("C", "D") or self.pilot != "pwm":
+            return [0.0, 0.0, 0.0]
+        a = min(ev_reads_a(self.duty_pct()), self.max_a)
+        a = round(a, 1)
+        return [a, a if self.phases == 3 else 0.0, a if self.phases == 3 else 0.0]
+
+    # -- change propagation (caller holds the lock) --------------------------------------
+    def settle(self, t):
+        """Re-derive dependent state after any input change, stamping what changed."""
+        w = self.w
+        st = self.ev_state()
+        if st != self.cp:
+            self.cp = st
+            w.event(t, "cp", st, self.id)
+        rcd = w.faults[self.id]["rcd"] or self.rcd_test
+        if rcd != self.rcd:
+            self.rcd = rcd
+            w.event(t, "rcd", rcd, self.id)
+        want = self.target_i()
+        if not self.closed or not self.plugged:
+            # No voltage at the inlet: the current stops with it, not after respond_s.
+            self._pending_i = None
+            self._set_i(t, want)
+        elif want != self.ev_i:
+            if self._pending_i is None or self._pending_i[1] != want:
+                self._pending_i = (t + int(self.respond_s * 1e6), want)
+        else:
+            self._pending_i = None
+        w.wake()
+
+    def _set_i(self, t, i):
+        if i != self.ev_i:
+            self.accrue(t)
+            self.ev_i = i
+            self.w.event(t, "ev_i", list(i), self.id)
+
+    def accrue(self, t):
+        w = self.w
+        dt = (t - w.energy_t.get(self.id, t)) / 3.6e9  # us -> h
+        w.energy_t[self.id] = t
+        if dt > 0:
+            self.energy_wh += sum(self.ev_i) * VOLTAGE_V * dt * w.meter_speed
+
+    def due(self, t):
+        """Apply delayed reactions that have come due; return the next due time or None."""
+        nxt = None
+        pc = self._pending_contacts
+        if pc is not None:
+            if pc[0] <= t:
+                self._pending_contacts = None
+                self._move_contacts(t, pc[1])
+            else:
+                nxt = pc[0]
+        pi = self._pending_i
+        if pi is not None:
+            if pi[0] <= t:
+                self._pending_i = None
+                self._set_i(t, pi[1])
+            else:
+                nxt = pi[0] if nxt is None else min(nxt, pi[0])
+        return nxt
+
+    def _move_contacts(self, t, closed):
+        f = self.w.faults[self.id]
+        if closed and f["stuck_open"]:
+            closed = False
+        if not closed and f["weld"] and self.closed:
+            closed = True
+        if closed != self.closed:
+            self.closed = closed
+            self.w.event(t, "contactor_feedback", closed, self.id)
+            self.settle(t)
+
+    # -- firmware outputs -----------------------------------------------------------------
+    def set_pilot(self, t, mode, duty_u16=None):
+        before = self.duty_pct()
+        self.pilot = mode
+        self.duty_u16 = duty_u16 if mode == "pwm" else None
+        after = self.duty_pct()
+        if before != after:
+            self.w.event(t, "pwm", after, self.id)
+        self.settle(t)
+
+    def set_contactor(self, t, on):
+        if on != self.contactor:
+            self.contactor = on
+            self.w.event(t, "contactor", on, self.id)
+            self._pending_contacts = (t + int(CONTACTOR_DELAY_S * 1e6), on)
+            self.w.wake()
+
+    def set_rcd_test(self, t, on):
+        self.rcd_test = on
+        self.settle(t)
+
+
+class World:
+    def __init__(self, connectors=1):
+        self.lock = threading.RLock()
+        self._cond = threading.Condition(self.lock)
+        self.faults = {c: {k: False for k in FAULT_KINDS} for c in range(1, connectors + 1)}
+        self.conns = {c: Conn(self, c) for c in range(1, connectors + 1)}
+        self.log = []
+        self.temp_c = 25.0
+        self.grid_i = [0.0, 0.0, 0.0]
+        self.meter_speed = 1.0
+        self.energy_t = {}
+        self.card = None  # (uid, until_us)
+        # Watchdog: armed by the firmware, fed every loop; the runner resets on expiry.
+        self.wdt_timeout_us = None
+        self.wdt_fed_us = None
+        self.on_watchdog = None
+        # Loop timing, as the world sees it: the gap between consecutive pilot samples.
+        self.sample_last_us = None
+        self.sample_max_gap_us = 0
+        self.samples = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def event(self, t, what, value, connector=1):
+        self.log.append(
+            {"i": len(self.log), "t_us": t, "what": what, "value": value, "connector": connector}
+        )
+
+    def wake(self):
+        self._cond.notify_all()
+
+    def stop(self):
+        with self.lock:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _run(self):
+        """Apply delayed physical reactions (contacts, EV current) when they come due."""
+        with self.lock:
+            while not self._stop:
+                t = now_us()
+                nxt = None
+                for c in self.conns.values():
+                    n = c.due(t)
+                    if n is not None and (nxt is None or n < nxt):
+                        nxt = n
+                if self.wdt_timeout_us is not None and self.wdt_fed_us is not None:
+                    deadline = self.wdt_fed_us + self.wdt_timeout_us
+                    if deadline <= t:
+                        self.wdt_timeout_us = None
+                        self.event(t, "watchdog", True, 0)
+                        if self.on_watchdog:
+                            threading.Thread(target=self.on_watchdog, daemon=True).start()
+                    elif nxt is None or deadline < nxt:
+                        nxt = deadline
+                wait = 0.5 if nxt is None else max(0.0, (nxt - now_us()) / 1e6)
+                self._cond.wait(wait)
+
+    # -- board reset: every output de-energises ------------------------------------------
+    def board_reset(self):
+        with self.lock:
+            t = now_us()
+            self.wdt_timeout_us = None
+            self.wdt_fed_us = None
+            self.sample_last_us = None
+            for c in self.conns.values():
+                c.set_contactor(t, False)
+                c.set_rcd_test(t, False)
+                c.set_pilot(t, "off")
+
+    # -- the firmware link protocol (one line in, at most one line out) ------------------
+    def firmware_line(self, line):
+        f = line.split()
+        if not f:
+            return None
+        op = f[0]
+        with self.lock:
+            t = now_us()
+            if op == "S":
+                c = self.conns[int(f[1])]
+                c.due(t)
+                if c.id == 1:
+                    if self.sample_last_us is not None:
+                        gap = t - self.sample_last_us
+                        if gap > self.sample_max_gap_us:
+                            self.sample_max_gap_us = gap
+                    self.sample_last_us = t
+                    self.samples += 1
+                high, low = c.sample()
+                pp = -1
+                if c.plugged and c.cable_a is not None:
+                    pp = PP_OHMS.get(c.cable_a, -1)
+                return "%d %d %d %d %d\n" % (high, low, c.closed, c.rcd, pp)
+            if op == "P":
+                c = self.conns[int(f[1])]
+                if f[2] == "H":
+                    c.set_pilot(t, "+12")
+                elif f[2] == "L":
+                    c.set_pilot(t, "-12")
+                else:
+                    c.set_pilot(t, "pwm", int(f[2]))
+                return None
+            if op == "K":
+                self.conns[int(f[1])].set_contactor(t, f[2] == "1")
+                return None
+            if op == "T":
+                self.conns[int(f[1])].set_rcd_test(t, f[2] == "1")
+                return None
+            if op == "t":
+                return "%d\n" % int(round(self.temp_c * 100))
+            if op == "w":
+                self.wdt_fed_us = t
+                return None
+            if op == "W":
+                self.wdt_timeout_us = int(f[1]) * 1000
+                self.wdt_fed_us = t
+                self.wake()
+                return None
+        return None
+
+    # -- control port ops ------------------------------------------------------------------
+    def _conn(self, req):
+        cid = req.get("connector", 1)
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid not in self.conns:
+            raise ValueError("bad connector")
+        return self.conns[cid]
+
+    def op(self, req):
+        """Apply one control request; return the reply dict."""
+        if not isinstance(req, dict):
+            raise ValueError("request must be a JSON object")
+        name = req.get("op")
+        fn = getattr(self, "op_" + name, None) if isinstance(name, str) else None
+        if fn is None:
+            raise ValueError("unknown op %r" % (name,))
+        with self.lock:
+            t = now_us()
+            for c in self.conns.values():
+                c.due(t)
+            out = fn(req, t) or {}
+        out["ok"] = True
+        return out
+
+    def op_plug(self, req, t):
+        c = self._conn(req)
+        cable = req.get("cable_a")
+        if cable is not None and cable not in PP_OHMS:
+            raise ValueError("cable_a must be 13, 20, 32, 63 or null")
+        c.cable_a = cable
+        c.plugged = True
+        c.settle(t)
+
+    def op_unplug(self, req, t):
+        c = self._conn(req)
+        c.plugged = False
+        c.request = False
+        c.settle(t)
+
+    def op_ev(self, req, t):
+        c = self._conn(req)
+        for k, typ in (("request", bool), ("vent", bool), ("diode", bool)):
+            if k in req:
+                if not isinstance(req[k], bool):
+                    raise ValueError("%s must be a boolean" % k)
+        for k in ("max_a", "respond_s"):
+            if k in req and (
+                isinstance(req[k], bool) or not isinstance(req[k], (int, float)) or req[k] < 0
+            ):
+                raise ValueError("%s must be a non-negative number" % k)
+        if "phases" in req and req["phases"] not in (1, 3):
+            raise ValueError("phases must be 1 or 3")
+        for k in ("request", "vent", "diode", "max_a", "phases", "respond_s"):
+            if k in req:
+                setattr(c, k, req[k])
+        c.settle(t)
+
+    def op_tap(self, req, t):
+        uid = req.get("uid")
+        if not isinstance(uid, str) or len(uid) not in (8, 14, 20):
+            raise ValueError("uid must be 8, 14 or 20 hex characters")
+        try:
+            bytes.fromhex(uid)
+        except ValueError:
+            raise ValueError("uid must be hex") from None
+        hold = req.get("hold_s", 1.0)
+        if isinstance(hold, bool) or not isinstance(hold, (int, float)) or hold <= 0:
+            raise ValueError("hold_s must be a positive number")
+        self.card = (uid.upper(), t + int(hold * 1e6))
+        self.event(t, "tap", uid.upper(), 0)
+
+    def op_fault(self, req, t):
+        kind = req.get("kind")
+        if kind not in FAULT_KINDS:
+            raise ValueError("kind must be one of " + ", ".join(FAULT_KINDS))
+        on = req.get("on", True)
+        if not isinstance(on, bool):
+            raise ValueError("on must be a boolean")
+        c = self._conn(req)
+        self.faults[c.id][kind] = on
+        self.event(t, "fault", {"kind": kind, "on": on}, c.id)
+        if kind == "weld" and not on and not c.contactor:
+            c._move_contacts(t, False)
+        c.settle(t)
+
+    def op_temp(self, req, t):
+        v = req.get("c")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("c must be a number")
+        self.temp_c = float(v)
+
+    def op_grid(self, req, t):
+        i = req.get("i")
+        if (
+            not isinstance(i, list)
+            or len(i) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in i)
+        ):
+            raise ValueError("i must be [L1, L2, L3]")
+        self.grid_i = [float(x) for x in i]
+
+    def op_meter(self, req, t):
+        for c in self.conns.values():
+            c.accrue(t)
+        if "speed" in req:
+            s = req["speed"]
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
+                raise ValueError("speed must be a non-negative number")
+            self.meter_speed = float(s)
+        if "energy_wh" in req:
+            e = req["energy_wh"]
+            if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+                raise ValueError("energy_wh must be a non-negative integer")
+            self._conn(req).energy_wh = float(e)
+
+    def op_get(self, req, t):
+        c = self._conn(req)
+        c.accrue(t)
+        high, _ = c.sample()
+        return {
+            "cp": c.cp,
+            "cp_high_v": round(high / 1000, 1),
+            "pwm_duty_pct": c.duty_pct(),
+            "offered_a": c.offered_a(),
+            "contactor": c.contactor,
+            "contactor_feedback": c.closed,
+            "ev_i": list(c.ev_i),
+            "energy_wh": int(c.energy_wh),
+            "temp_c": self.temp_c,
+            "rcd": c.rcd,
+            "plugged": c.plugged,
+            "now_us": t,
+        }
+
+    def op_events(self, req, t):
+        since = req.get("since", 0)
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError("since must be a non-negative integer")
+        return {"next": len(self.log), "events": self.log[since:]}
+
+    def op_stats(self, req, t):
+        """Extension: loop timing as seen from the world (gap between pilot samples)."""
+        out = {
+            "loop_max_gap_us": self.sample_max_gap_us,
+            "samples": self.samples,
+            "now_us": t,
+        }
+        if req.get("reset"):
+            self.sample_max_gap_us = 0
+        return out
