@@ -81,7 +81,7 @@ class Config:
         try:
             saved = store.read_json(FILE)
             if saved is None:
-                if events:
+                if events is not None:
                     events.add("info", "ConfigDefaults", 0, "no config file: defaults")
             elif not isinstance(saved, dict):
                 raise ValueError("not an object")
@@ -92,7 +92,7 @@ class Config:
                 store.rename(FILE, FILE + ".bad")
             except OSError:
                 pass
-            if events:
+            if events is not None:
                 events.add("warn", "ConfigCorrupt", 0, "config unreadable (%s): defaults" % ex)
         if saved:
             for k, v in saved.items():
@@ -100,7 +100,7 @@ class Config:
                     self.values[k] = check(k, v)
                 except ValueError as ex:
                     # One bad stored value must not cost the others: keep its default.
-                    if events:
+                    if events is not None:
                         events.add("warn", "ConfigValue", 0, str(ex))
         elif overrides:
             # Factory state: the runner's first-boot overrides are applied and saved.

@@ -219,9 +219,17 @@ class Connector:
                 self.authorized = False
                 self.finished = False
                 self._duty_ms = None
-            elif cp in PLUGGED and prev_cp not in PLUGGED and self.enabled and self.fault is None:
-                # auth_mode "free": plug and charge. RFID/backend modes arrive with sessions.
-                self.authorized = cfg["auth_mode"] == "free"
+            elif (
+                cp in PLUGGED
+                and self.enabled
+                and self.fault is None
+                and not self.finished
+                and cfg["auth_mode"] == "free"
+            ):
+                # Plug and charge: a plugged EV is authorized whenever nothing forbids it,
+                # so charging resumes after a cleared fault or re-enable. RFID and backend
+                # modes arrive with sessions.
+                self.authorized = True
             self.cp = cp
         else:
             self.cp = pilot.F

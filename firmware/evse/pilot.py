@@ -105,7 +105,8 @@ def offered_a(du16):
     """The current a duty_u16 offers, as the EV reads it, rounded to 0.1 A."""
     if du16 is None:
         return 0.0
-    pct = du16 * 100 / 65535
+    # Round to 0.01 % (finer than any PWM peripheral here) so 85 % reads as 51 A, not 52.5.
+    pct = int(du16 * 10000 / 65535 + 0.5) / 100
     if pct < 8.0 or pct > 97.0:
         return 0.0
     if pct < 10.0:

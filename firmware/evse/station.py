@@ -107,6 +107,7 @@ class Station:
             except Exception:  # noqa: BLE001
                 pass
             conn.set_fault("InternalError", CLEAR_UNPLUG, now, repr(exc))
+            conn.state = "Faulted"  # the step that raised never got to derive it
         else:
             self.events.add("error", "InternalError", 0, repr(exc))
         if self._log and hasattr(sys, "print_exception"):

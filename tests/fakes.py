@@ -1,0 +1,112 @@
+"""A tiny in-process board for CPython unit tests of the core (no timing, no sockets)."""
+
+LEVEL_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000, "E": 0}
+
+
+class FakePilot:
+    def __init__(self, hal):
+        self.hal = hal
+        self.mode = None
+        self.duty = None
+
+    def pwm(self, duty):
+        self.mode, self.duty = "pwm", duty
+
+    def plus12(self):
+        self.mode, self.duty = "+12", None
+
+    def minus12(self):
+        self.mode, self.duty = "-12", None
+
+    def sample(self):
+        h = self.hal
+        if h.raise_on_sample:
+            raise RuntimeError("ADC gone")
+        if self.mode == "-12":
+            return -12000, -12000
+        high = LEVEL_MV[h.ev]
+        if self.mode != "pwm" or high == 0:
+            return high, high
+        return high, (-12000 if (h.diode or h.ev == "A") else -high)
+
+
+class FakeContactor:
+    def __init__(self, hal):
+        self.hal = hal
+        self.on = False
+        self.welded = False
+        self.stuck_open = False
+
+    def set(self, on):
+        self.on = on
+        self.hal.log.append(("contactor", on))
+
+    def feedback(self):
+        if self.welded:
+            return True
+        if self.stuck_open:
+            return False
+        return self.on
+
+
+class FakeHal:
+    def __init__(self):
+        self.ev = "A"
+        self.diode = True
+        self.rcd = False
+        self.rcd_healthy = True
+        self.test_on = False
+        self.pp = None
+        self.raise_on_sample = False
+        self.log = []
+        self.pilot = FakePilot(self)
+        self.contactor = FakeContactor(self)
+
+    def rcd_tripped(self):
+        return self.rcd or (self.test_on and self.rcd_healthy)
+
+    def rcd_test(self, on):
+        self.test_on = on
+
+    def pp_ohms(self):
+        return self.pp
+
+
+class FakeWdt:
+    def feed(self):
+        pass
+
+
+class FakeBoard:
+    name = "fake"
+    max_current_a = 32.0
+    phases = 3
+
+    def __init__(self, fs, connectors=1):
+        self.fs = fs
+        self.uid = "ABCDEF"
+        self.connectors = [FakeHal() for _ in range(connectors)]
+        self.temp = 25.0
+
+    def temp_c(self):
+        return self.temp
+
+    def unix_time(self):
+        return 1764000000
+
+    def wdt(self, ms):
+        return FakeWdt()
+
+
+class Clock:
+    """Drives a Station step by step in simulated milliseconds."""
+
+    def __init__(self, station):
+        self.st = station
+        self.now = 1000
+
+    def run(self, ms, step=5):
+        end = self.now + ms
+        while self.now < end:
+            self.now += step
+            self.st.step(self.now)

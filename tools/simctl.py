@@ -1,0 +1,126 @@
+"""Host-side helpers for the simulator: start a station (tools/sim.py) and talk to its
+control port. Used by the tests, the bench and the dashboard."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class Control:
+    """One control-port connection: op(name, **args) -> reply dict."""
+
+    def __init__(self, port, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.f = self.sock.makefile("rwb")
+        self._lock = threading.Lock()
+
+    def raw(self, line):
+        with self._lock:
+            self.f.write(line if isinstance(line, bytes) else line.encode())
+            self.f.flush()
+            return json.loads(self.f.readline())
+
+    def op(self, name, **args):
+        args["op"] = name
+        return self.raw(json.dumps(args) + "\n")
+
+    def events(self, since=0):
+        return self.op("events", since=since)["events"]
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Station:
+    """A simulated station process (its own process group, so kill() is a power cut)."""
+
+    def __init__(self, state_dir=None, broker=None, station_id="CP1", connectors=1,
+                 heapsize=None, config=(), ready_timeout=20.0, quiet=True):
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="evse-state-")
+        self.id = station_id
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        cmd = [sys.executable, os.path.join(HERE, "sim.py"), "--id", station_id,
+               "--state-dir", self.state_dir, "--control-port", str(self.port),
+               "--connectors", str(connectors)]
+        if broker:
+            cmd += ["--broker", broker]
+        if heapsize:
+            cmd += ["--heapsize", heapsize]
+        for kv in config:
+            cmd += ["--config", kv]
+        self.stderr_path = os.path.join(self.state_dir, "sim.stderr")
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err,
+                                     cwd=ROOT, start_new_session=True)
+        self._wait_ready(ready_timeout)
+        self.ctl = Control(self.port)
+
+    def _wait_ready(self, timeout):
+        line = [None]
+
+        def read():
+            line[0] = self.proc.stdout.readline()
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(timeout)
+        if not line[0] or not line[0].startswith(b"READY"):
+            self.kill()
+            raise RuntimeError("station not ready: %r\n%s" % (line[0], self.stderr()))
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def op(self, name, **args):
+        return self.ctl.op(name, **args)
+
+    def wait_for(self, pred, timeout=5.0, interval=0.01, what="condition"):
+        """Poll `get` until pred(snapshot) is true; return the snapshot."""
+        end = time.monotonic() + timeout
+        while True:
+            snap = self.op("get")
+            if pred(snap):
+                return snap
+            if time.monotonic() > end:
+                raise AssertionError("timeout waiting for %s; last %r" % (what, snap))
+            time.sleep(interval)
+
+    def stop(self):
+        """Orderly shutdown (SIGTERM)."""
+        if hasattr(self, "ctl"):
+            self.ctl.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._err.close()
+
+    def kill(self):
+        """Power cut: SIGKILL the whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
