@@ -38,10 +38,9 @@ FAULT_KEYS = {"r": "rcd", "w": "weld", "d": "diode", "e": "cp_short"}
 REFRESH_S = 0.2
 RECENT_MSGS = 8
 
-HELP = [
-    "p plug (tethered)  P plug 20 A cable  c EV requests charge  s EV stops  u unplug  "
-    "t tap card",
-    "r RCD fault  w weld  d missing diode  e CP short  h temperature 25/65/80 C  q quit",
+HELP = [  # each fits an 80-column terminal
+    "keys: p plug  P plug 20 A cable  c EV requests charge  s EV stops  u unplug",
+    "      t tap card  r RCD  w weld  d no diode  e CP short  h temp  q quit",
 ]
 
 
@@ -285,9 +284,9 @@ class Ui:
         if ch in FAULT_KEYS:
             kind = FAULT_KEYS[ch]
             on = not self.faults[kind]
-            return "%s fault %s" % (kind, "on" if on else "off"), "fault", \
-                {"kind": kind, "on": on}
-        if ch == "h":
+            what = "%s fault %s" % (kind, "on" if on else "off")
+            return what, "fault", {"kind": kind, "on": on}
+        if ch == "h":  # cycles through TEMPS_C
             c = TEMPS_C[(self.temp_i + 1) % len(TEMPS_C)]
             return "temperature %.0f C" % c, "temp", {"c": c}
         return None
@@ -453,6 +452,9 @@ def run_script(seconds):
         since = station.op("events")["next"]
         t0 = time.monotonic()
         step(station, "plug", cable_a=None)
+        # A real EV closes S2 only once the station offers current (PWM on the pilot).
+        wait_until(lambda: station.op("get")["pwm_duty_pct"] is not None, 10, "PWM offer")
+        print(snapshot_line(t0, station.op("get"), view.connector()))
         step(station, "ev", request=True)
         wait_until(lambda: power_w(station.op("get")) > 0, 15, "the EV to draw current")
         wait_until(lambda: mqtt_state(view) == "Charging", 10, "MQTT status Charging")

@@ -13,7 +13,7 @@ OUT_F = const(2)  # constant -12 V: state F, EVSE unavailable / faulted
 
 # How a latched fault clears.
 CLEAR_UNPLUG = const(0)  # CP back in A
-CLEAR_COND = const(1)  # the condition is gone (CP back in A or B)
+CLEAR_COND = const(1)  # the condition is gone (CP back in A, B or C)
 CLEAR_RCD = const(2)  # CP in A and an RCD self-test passed
 CLEAR_WELD = const(3)  # feedback reads open and CP in A
 
@@ -123,7 +123,7 @@ class Connector:
     def _check_fault_clear(self, now, cp, fb):
         rule = self._fault_clear
         if rule == CLEAR_COND:
-            if cp == pilot.A or cp == pilot.B:
+            if cp == pilot.A or cp == pilot.B or cp == pilot.C:
                 self._clear_fault()
         elif rule == CLEAR_UNPLUG:
             if cp == pilot.A:
