@@ -260,3 +260,20 @@ def test_two_connectors(stations):
         time.sleep(0.05)
     assert s2["contactor"]
     assert not st.op("get", connector=1)["contactor"]
+
+
+def test_watchdog_resets_a_stalled_board_and_opens_contactor(stations):
+    st = stations()
+    charging(st)
+    n = len(st.ctl.events())
+    st.op("hang", s=6)  # the control loop blocks inside a pilot sample
+    t_hang = st.op("get")["now_us"]
+    st.wait_for(lambda s: not s["contactor"], timeout=6, what="reset opened the contactor")
+    evs = st.ctl.events(n)
+    wd = find(evs, "watchdog", True)
+    off = find(evs, "contactor", False)
+    assert wd is not None and off is not None
+    # Armed at 2 s: the reset lands 2 s after the last feed, well before the 6 s hang ends.
+    assert (off["t_us"] - t_hang) / 1e6 < 2.5
+    # The board boots again and, the EV still asking, charges again.
+    st.wait_for(lambda s: s["contactor"], timeout=10, what="charging after reboot")

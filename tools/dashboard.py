@@ -108,25 +108,31 @@ class MqttView:
 # -- starting and stopping everything -----------------------------------------------------
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def deferred_sigint():
-    """Hold Ctrl-C back while a child starts: an interrupt inside Station() would lose the
-    only handle on a process that runs in its own session and so would outlive us."""
+def deferred_signals():
+    """Hold Ctrl-C and SIGTERM back while a child starts: an exception inside Station() would
+    lose the only handle on a process that runs in its own session and would outlive us.
+    A signal that came meanwhile is re-raised afterwards, to the usual handler."""
     hit = []
-    old = signal.signal(signal.SIGINT, lambda *_: hit.append(1))
+    old = {s: signal.signal(s, lambda signum, frame: hit.append(signum))
+           for s in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
     if hit:
-        raise KeyboardInterrupt
+        signal.raise_signal(hit[0])
 
 
 def start_all(stack, say=print):
     """Broker, MQTT view and station; each registers its own stop on `stack` (run in reverse
     order on exit, whatever the reason)."""
     say("starting the MQTT broker ...")
-    with deferred_sigint():
+    with deferred_signals():
         broker = stack.enter_context(Broker())
     say("broker: %s on 127.0.0.1:%d" % (broker.kind, broker.port))
     view = MqttView(broker.port)
@@ -134,7 +140,7 @@ def start_all(stack, say=print):
     # Station opens its stderr log inside state_dir before starting, so it must exist.
     os.makedirs(STATE_DIR, exist_ok=True)
     say("starting station %s (flash in %s) ..." % (STATION_ID, os.path.relpath(STATE_DIR)))
-    with deferred_sigint():
+    with deferred_signals():
         station = simctl.Station(broker="127.0.0.1:%d" % broker.port, station_id=STATION_ID,
                                  state_dir=STATE_DIR)
         stack.callback(station.stop)
@@ -489,6 +495,7 @@ def main(argv=None):
     try:
         return run_script(args.seconds) if args.no_ui else run_ui()
     except KeyboardInterrupt:
+        print("dashboard: interrupted; station and broker stopped", file=sys.stderr)
         return 130
     except (RuntimeError, TimeoutError, AssertionError) as e:
         # Everything is already stopped; keep the report short and point at the logs.

@@ -225,6 +225,7 @@ class World:
         self.sample_last_us = None
         self.sample_max_gap_us = 0
         self.samples = 0
+        self.hang_s = 0.0
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -277,11 +278,18 @@ class World:
                 c.set_pilot(t, "off")
 
     # -- the firmware link protocol (one line in, at most one line out) ------------------
+    def take_hang(self):
+        with self.lock:
+            s, self.hang_s = self.hang_s, 0.0
+            return s
+
     def firmware_line(self, line):
         f = line.split()
         if not f:
             return None
         op = f[0]
+        if op == "S" and self.hang_s:
+            time.sleep(self.take_hang())  # outside the lock: the world goes on meanwhile
         with self.lock:
             t = now_us()
             if op == "S":
@@ -464,6 +472,14 @@ class World:
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise ValueError("since must be a non-negative integer")
         return {"next": len(self.log), "events": self.log[since:]}
+
+    def op_hang(self, req, t):
+        """Extension: the board's next pilot sample blocks for `s` seconds, as a stuck
+        ADC or bus driver would: the control loop stalls and the watchdog must act."""
+        s = req.get("s", 5.0)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 60:
+            raise ValueError("s must be a number of seconds in (0, 60]")
+        self.hang_s = float(s)
 
     def op_stats(self, req, t):
         """Extension: loop timing as seen from the world (gap between pilot samples)."""

@@ -1,0 +1,291 @@
+"""ESP32-DevKitC board: pin map and the HAL objects the core drives (circuits in README.md)."""
+
+# Safety first, before any other import can fail or take time: the contactor output goes low
+# (open) and the pilot GPIO low, which the generator turns into -12 V (state F, "EVSE not
+# available"). The external pull-downs (README.md) hold the same levels from reset until here.
+from machine import Pin
+from micropython import const
+
+_CONTACTOR = const(27)
+_CP_PWM = const(25)
+
+_contactor_pin = Pin(_CONTACTOR, Pin.OUT, value=0)
+_cp_pin = Pin(_CP_PWM, Pin.OUT, value=0)
+
+import binascii  # noqa: E402 - imports follow the safety lines on purpose
+import time  # noqa: E402
+from array import array  # noqa: E402
+from math import log  # noqa: E402
+from time import ticks_diff, ticks_us  # noqa: E402
+
+import machine  # noqa: E402
+from machine import ADC, PWM, SPI, UART, WDT  # noqa: E402
+
+# -- pin map (GPIO numbers; README.md has the table) --------------------------------------
+# Analog inputs are ADC1 only (GPIO32-39): ADC2 cannot be read while Wi-Fi is on.
+_CP_ADC = const(36)  # SENSOR_VP, ADC1_CH0: buffered CP measurement divider
+_PP_ADC = const(39)  # SENSOR_VN, ADC1_CH3: PP node, 1 kOhm pull-up to 3.3 V
+_NTC_ADC = const(34)  # ADC1_CH6: NTC divider
+_CONTACTOR_FB = const(32)  # NC mirror contact to GND, pulled up
+_RCD_TRIP = const(35)  # 6 mA DC detector output; input-only pin, pull-up is external
+_RCD_TEST = const(26)  # test-winding driver: high injects the test current
+_LED = const(2)  # strapping pin: the LED to GND keeps it low, as download mode needs
+_RS485_TX = const(33)  # UART2 TXD -> transceiver DI
+_RS485_RX = const(13)  # UART2 RXD <- transceiver RO
+_RS485_DE = const(4)  # transceiver DE + /RE tied: high = drive the bus
+_SPI_SCK = const(18)  # VSPI = SPI(2) native pins
+_SPI_MOSI = const(23)
+_SPI_MISO = const(19)
+_RFID_CS = const(21)  # MFRC522 SDA/NSS
+_RFID_RST = const(22)  # MFRC522 NRSTPD: low = hard power-down
+
+# Input polarities, as wired in README.md. Both fail safe: a broken wire reads as the fault.
+_FB_CLOSED_LEVEL = const(1)  # NC mirror contact open (pin pulled high) = main contacts closed
+_RCD_TRIP_LEVEL = const(1)  # detector releases its pull-down (or is unplugged) = tripped
+
+# -- control pilot -------------------------------------------------------------------------
+_PWM_HZ = const(1000)  # IEC 61851-1: 1 kHz nominal, 980-1020 Hz accepted
+_DUTY_MAX = const(65535)
+
+# CP measurement: CP --R1 100k-- node, node --R2 21.5k-- 3.3 V, node --R3 16.2k-- GND, node
+# -> unity-gain buffer on 3.3 V (its output cannot leave the ADC's rails) -> GPIO36.
+# Superposition: V_adc = K * CP + V_OFF, with G = 1/R1 + 1/R2 + 1/R3 = 118.24 uS,
+#   K = (1/R1) / G = 0.084573        V_OFF = 3.3 V * (1/R2) / G = 1.2981 V
+# so +12 V -> 2.313 V, -12 V -> 0.283 V and +-13 V -> 2.398 / 0.199 V: all inside the span
+# the ESP32 ADC reads linearly at 11 dB (about 0.15-2.45 V).
+# Inverse, in integers so nothing reaches the heap: CP_mV = (V_uV - V_OFF_uV) / K / 1000,
+# computed as ((V_uV - V_OFF_uV) // 100) * (1000 / K) // 10000; every step is a small int.
+_CP_OFF_UV = const(1298100)
+_CP_INV_K_X1000 = const(11824)  # 1 / K = 11.824
+
+# No ADC trigger from the PWM edge in MicroPython, so sample blind (esp32-evse's method):
+# read for a little more than one period, then average the highest and lowest reads.
+_CP_WINDOW_US = const(1100)  # one 1 ms period plus 10 %: both levels fall inside
+_CP_CHUNK = const(4)  # reads between clock checks: the clock costs as much as a read
+_CP_READS_MAX = const(256)  # multiple of _CP_CHUNK; far above what read_uv() can do in 1.1 ms
+_CP_TOP = const(3)  # average the 3 highest / 3 lowest reads
+_UV_NONE = const(10000000)  # above any ADC reading: "no low read yet"
+
+# -- other analog inputs -------------------------------------------------------------------
+_VCC_MV = const(3300)  # the rail the PP pull-up and NTC divider hang from
+_ADC_AVG = const(8)  # reads averaged for PP and NTC (both are quasi-static)
+_PP_PULLUP_OHMS = const(1000)  # 0.1 % to 3.3 V: 100 Ohm -> 0.30 V ... 4.5 kOhm -> 2.70 V
+_PP_OPEN_MV = const(3000)  # ~10 kOhm: no coding resistor (distinct from the 4.5 kOhm limit)
+_NTC_FIXED_OHMS = const(10000)  # 1 % from 3.3 V to the node; NTC from node to GND
+_NTC_R25_OHMS = const(10000)
+_NTC_BETA = const(3950)
+_NTC_OPEN_MV = const(3100)  # ADC saturates near here (~ -26 C): read as a missing sensor
+
+_RTC_VALID_YEAR = const(2024)  # an RTC before this was never set (no NTP yet)
+_EPOCH_2000_S = const(946684800)  # 1970-01-01 -> 2000-01-01
+
+
+def _extremes(expected_reads):
+    """How many extreme reads to average: up to 3, but at most half the reads the level
+    should get. At 10 % duty a slow ADC catches ~4 reads of the high pulse; averaging in a
+    read of the low level would fake state D or E."""
+    k = expected_reads // 2
+    return _CP_TOP if k > _CP_TOP else (k if k > 0 else 1)
+
+
+def _mean(k, a, b, c):
+    return a if k == 1 else ((a + b) // 2 if k == 2 else (a + b + c) // 3)
+
+
+def _cp_mv(adc_uv):
+    return (adc_uv - _CP_OFF_UV) // 100 * _CP_INV_K_X1000 // 10000
+
+
+def _avg_mv(read_uv):
+    s = 0
+    for _ in range(_ADC_AVG):
+        s += read_uv()
+    return s // (_ADC_AVG * 1000)
+
+
+class Pilot:
+    """CP generator (LEDC PWM into the +-12 V op-amp) and the oversampled CP measurement."""
+
+    def __init__(self, pin):
+        # The pin is already low, so attaching LEDC at duty 0 keeps the line at -12 V.
+        self._pwm = PWM(pin, freq=_PWM_HZ, duty_u16=0)
+        self._duty = 0
+        # Bound once: taking adc.read_uv per sample would allocate a bound method each time.
+        self._read = ADC(Pin(_CP_ADC), atten=ADC.ATTN_11DB).read_uv
+        self._buf = array("i", [0] * _CP_READS_MAX)
+        self.reads = 0  # reads in the last window: measure the real ADC rate on the bench
+
+    def pwm(self, duty_u16):
+        self._pwm.duty_u16(duty_u16)
+        self._duty = duty_u16
+
+    def plus12(self):
+        # 65535 is a steady high on recent ports; v1.19 left a 1 us dip per period (README).
+        self.pwm(_DUTY_MAX)
+
+    def minus12(self):
+        self.pwm(0)
+
+    def sample(self):
+        """(high_mv, low_mv) of the CP line over one PWM period; allocates nothing."""
+        buf = self._buf
+        read = self._read
+        n = 0
+        t0 = ticks_us()
+        while n < _CP_READS_MAX and ticks_diff(ticks_us(), t0) < _CP_WINDOW_US:
+            for i in range(n, n + _CP_CHUNK):
+                buf[i] = read()
+            n += _CP_CHUNK
+        self.reads = n
+        # The extremes are picked after the window so the read loop stays as fast as it can.
+        h1 = h2 = h3 = -1
+        l1 = l2 = l3 = _UV_NONE
+        for i in range(n):
+            v = buf[i]
+            if v > h3:
+                if v > h2:
+                    h3 = h2
+                    if v > h1:
+                        h2 = h1
+                        h1 = v
+                    else:
+                        h2 = v
+                else:
+                    h3 = v
+            if v < l3:
+                if v < l2:
+                    l3 = l2
+                    if v < l1:
+                        l2 = l1
+                        l1 = v
+                    else:
+                        l2 = v
+                else:
+                    l3 = v
+        d = self._duty
+        k_hi = _extremes(n * d // _DUTY_MAX)
+        k_lo = _extremes(n * (_DUTY_MAX - d) // _DUTY_MAX)
+        return _cp_mv(_mean(k_hi, h1, h2, h3)), _cp_mv(_mean(k_lo, l1, l2, l3))
+
+
+class Contactor:
+    """Coil driver output and the NC mirror contact (IEC 60947-4-1 Annex F)."""
+
+    def __init__(self, pin):
+        self._out = pin
+        # The internal pull-up (~45 kOhm) is backed by an external 1 kOhm for wetting current.
+        self._fb = Pin(_CONTACTOR_FB, Pin.IN, Pin.PULL_UP)
+
+    def set(self, on):
+        self._out.value(1 if on else 0)
+
+    def feedback(self):
+        """True when the main contacts are closed (the mirror contact has opened)."""
+        return self._fb.value() == _FB_CLOSED_LEVEL
+
+
+class ConnectorHal:
+    def __init__(self):
+        self.pilot = Pilot(_cp_pin)
+        self.contactor = Contactor(_contactor_pin)
+        self._rcd = Pin(_RCD_TRIP, Pin.IN)  # GPIO35 has no internal pulls
+        self._rcd_out = Pin(_RCD_TEST, Pin.OUT, value=0)
+        self._pp_read = ADC(Pin(_PP_ADC), atten=ADC.ATTN_11DB).read_uv
+
+    def rcd_tripped(self):
+        return self._rcd.value() == _RCD_TRIP_LEVEL
+
+    def rcd_test(self, on):
+        self._rcd_out.value(1 if on else 0)
+
+    def pp_ohms(self):
+        """PP-PE resistance from the 1 kOhm pull-up divider; None with no resistor."""
+        mv = _avg_mv(self._pp_read)
+        if mv >= _PP_OPEN_MV:
+            return None
+        return _PP_PULLUP_OHMS * mv // (_VCC_MV - mv)
+
+
+class Board:
+    name = "esp32_devkitc"
+    max_current_a = 32.0  # what the contactor, terminals and wiring of this build are rated for
+    phases = 3  # wired for three phases; single-phase sites set "phases" in the config
+
+    def __init__(self):
+        self.connectors = [ConnectorHal()]
+        self.fs = "/"
+        self.uid = binascii.hexlify(machine.unique_id()).decode()
+        self.broker = None
+        self.config_overrides = []
+        # RS-485 Modbus meter, 9600 8N1. MicroPython has no RS-485 mode on ESP32, so the
+        # meter driver drives DE itself: uart_de(1), write, uart.flush() (waits for the last
+        # stop bit), uart_de(0). timeout=0: reads never block the control loop.
+        self.uart_de = Pin(_RS485_DE, Pin.OUT, value=0)  # listen until a frame is sent
+        self.uart = UART(
+            2,
+            baudrate=9600,
+            bits=8,
+            parity=None,
+            stop=1,
+            tx=_RS485_TX,
+            rx=_RS485_RX,
+            timeout=0,
+            rxbuf=512,
+        )
+        # MFRC522 reader: 1 MHz is far below its 10 MHz limit, for long flying leads.
+        self.rfid_cs = Pin(_RFID_CS, Pin.OUT, value=1)
+        self.rfid_rst = Pin(_RFID_RST, Pin.OUT, value=1)
+        self.spi = SPI(
+            2,
+            baudrate=1000000,
+            polarity=0,
+            phase=0,
+            sck=Pin(_SPI_SCK),
+            mosi=Pin(_SPI_MOSI),
+            miso=Pin(_SPI_MISO),
+        )
+        self._led = Pin(_LED, Pin.OUT, value=0)
+        self._ntc_read = ADC(Pin(_NTC_ADC), atten=ADC.ATTN_11DB).read_uv
+        # ESP32 MicroPython counts from 2000; ask the port rather than assume it.
+        self._epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
+
+    def temp_c(self):
+        """NTC temperature (Beta equation). Raises OSError on an open sensor, which the
+        station treats as a sensor fault and stops charging (thermal limit 0 A)."""
+        mv = _avg_mv(self._ntc_read)
+        if mv >= _NTC_OPEN_MV:
+            raise OSError("NTC open (%d mV)" % mv)
+        if mv < 1:
+            mv = 1  # a shorted NTC reads very hot, which already stops charging
+        r = _NTC_FIXED_OHMS * mv / (_VCC_MV - mv)
+        t_k = 1 / (1 / 298.15 + log(r / _NTC_R25_OHMS) / _NTC_BETA)
+        return round(t_k - 273.15, 1)
+
+    def wdt(self, timeout_ms):
+        return WDT(timeout=timeout_ms)  # once started it cannot be stopped: only fed
+
+    def led(self, state):
+        self._led.value(1 if state else 0)
+
+    def ready(self):
+        """The first control-loop pass is done: LED on, and keep an OTA image that got here."""
+        self._led.value(1)
+        try:
+            from esp32 import Partition
+
+            Partition.mark_app_valid_cancel_rollback()
+        except (ImportError, OSError):
+            pass  # not booted from an OTA slot, or rollback not enabled in the bootloader
+
+    def idle(self, ms):
+        time.sleep_ms(ms)
+
+    def unix_time(self):
+        """Seconds since 1970, or None while the RTC is unset (better no timestamp)."""
+        t = time.time()
+        if time.gmtime(t)[0] < _RTC_VALID_YEAR:
+            return None
+        return t + self._epoch_s
+
+    def reset(self):
+        machine.reset()

