@@ -299,3 +299,18 @@ def test_two_connectors_are_independent(tmp_path):
     clk.run(10)
     assert h1.contactor.on
     assert st.connectors[1].state == "Faulted"
+
+
+def test_broken_temperature_sensor_stops_charging_once(rig):
+    st, hal, clk = rig
+    c = charge(st, hal, clk)
+
+    def broken():
+        raise OSError("NTC open")
+
+    st.board.temp_c = broken
+    n = st.events.total
+    clk.run(2000)
+    assert c.limit_a == 0.0 and c.limit_by == "thermal" and hal.pilot.mode == "+12"
+    assert st.events.total == n + 1  # one event, not one per reading
+    assert c.state != "Faulted"

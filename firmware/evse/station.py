@@ -41,6 +41,7 @@ class Station:
         self.thermal = Thermal()
         self.temp_c = None
         self._temp_ms = None
+        self._temp_failed = False
         self.connectors = [
             Connector(i + 1, hal, self.cfg, self.events) for i, hal in enumerate(board.connectors)
         ]
@@ -63,7 +64,18 @@ class Station:
         self.limits.set("config", cfg["max_current_a"])
         if self._temp_ms is None or ticks_diff(now, self._temp_ms) >= _TEMP_EVERY_MS:
             self._temp_ms = now
-            self.temp_c = self.board.temp_c()
+            try:
+                self.temp_c = self.board.temp_c()
+            except Exception as e:  # noqa: BLE001 - an open or shorted sensor
+                # Without a temperature we cannot derate: stop charging until it reads again.
+                if not self._temp_failed:
+                    self._temp_failed = True
+                    self.events.add("error", "TempSensorFailure", 0, repr(e))
+                self.limits.set("thermal", 0.0)
+                return
+            if self._temp_failed:
+                self._temp_failed = False
+                self.events.add("info", "TempSensorOk", 0, "%.1f C" % self.temp_c)
             was = self.thermal.level
             lvl = self.thermal.update(
                 self.temp_c,
