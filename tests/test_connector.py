@@ -314,3 +314,14 @@ def test_broken_temperature_sensor_stops_charging_once(rig):
     assert c.limit_a == 0.0 and c.limit_by == "thermal" and hal.pilot.mode == "+12"
     assert st.events.total == n + 1  # one event, not one per reading
     assert c.state != "Faulted"
+
+
+def test_replug_right_after_unplug_is_offered_at_once(rig):
+    st, hal, clk = rig
+    charge(st, hal, clk)
+    hal.ev = "A"
+    clk.run(15)
+    assert hal.pilot.mode == "+12"
+    hal.ev = "B"
+    clk.run(15)
+    assert hal.pilot.mode == "pwm"

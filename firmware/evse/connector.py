@@ -215,11 +215,12 @@ class Connector:
 
         # 4. Plug-in / unplug edges (readable only while we do not drive F).
         if self.out != OUT_F:
-            if cp == pilot.A and prev_cp != pilot.A:
+            if cp == pilot.A:
                 self.authorized = False
                 self.finished = False
-                self._duty_ms = None
-            elif (
+            elif cp in PLUGGED and prev_cp == pilot.A:
+                self._duty_ms = None  # a new plug-in is offered current at once
+            if (
                 cp in PLUGGED
                 and self.enabled
                 and self.fault is None

@@ -8,6 +8,7 @@ import json
 from evse.compat import const, ticks_add, ticks_diff
 
 _COALESCE_MS = const(500)  # status at most every 0.5 s (API contract)
+_CHECK_MS = const(100)
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _KEEPALIVE_S = const(60)
@@ -26,6 +27,7 @@ class Link:
         self._backoff = _BACKOFF_MIN_MS
         self._status_ms = None
         self._status_key = None
+        self._check_ms = None
         self._ping_ms = 0
         self._failing = False
         self.reconnects = 0
@@ -90,14 +92,20 @@ class Link:
                 ),
                 False,
             )
-        key = st.status_key()
-        due = self._status_ms is None or ticks_diff(now, self._status_ms) >= (
-            st.cfg["status_interval_s"] * 1000
-        )
-        if due or (key != self._status_key and ticks_diff(now, self._status_ms) >= _COALESCE_MS):
-            self._status_ms = now
-            self._status_key = key
-            self._pub("status", json.dumps(st.status(now)), True)
+        # Look for status changes 10 times a second, not every loop: building the key
+        # allocates, and the control loop runs 200 times a second.
+        if self._check_ms is None or ticks_diff(now, self._check_ms) >= _CHECK_MS:
+            self._check_ms = now
+            key = st.status_key()
+            since = None if self._status_ms is None else ticks_diff(now, self._status_ms)
+            if (
+                since is None
+                or (key != self._status_key and since >= _COALESCE_MS)
+                or since >= st.cfg["status_interval_s"] * 1000
+            ):
+                self._status_ms = now
+                self._status_key = key
+                self._pub("status", json.dumps(st.status(now)), True)
         if ticks_diff(now, self._ping_ms) >= _KEEPALIVE_S * 500:
             self._ping_ms = now
             self.client.ping()
