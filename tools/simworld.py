@@ -225,6 +225,7 @@ class World:
         self.sample_last_us = None
         self.sample_max_gap_us = 0
         self.samples = 0
+        self.sample_gaps_over_10ms = 0
         self.hang_s = 0.0
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -300,6 +301,8 @@ class World:
                         gap = t - self.sample_last_us
                         if gap > self.sample_max_gap_us:
                             self.sample_max_gap_us = gap
+                        if gap > 10000:
+                            self.sample_gaps_over_10ms += 1
                     self.sample_last_us = t
                     self.samples += 1
                 high, low = c.sample()
@@ -485,9 +488,12 @@ class World:
         """Extension: loop timing as seen from the world (gap between pilot samples)."""
         out = {
             "loop_max_gap_us": self.sample_max_gap_us,
+            "loop_gaps_over_10ms": self.sample_gaps_over_10ms,
             "samples": self.samples,
             "now_us": t,
         }
         if req.get("reset"):
             self.sample_max_gap_us = 0
+            self.sample_gaps_over_10ms = 0
+            self.samples = 0
         return out
