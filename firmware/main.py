@@ -25,14 +25,10 @@ def main():
 
     log = _logger()
     st = Station(_board, log, parse_overrides(getattr(_board, "config_overrides", None)))
-    link = None
-    host, port = getattr(_board, "broker", None) or (st.cfg["mqtt.host"], st.cfg["mqtt.port"])
-    if host:
-        from evse.link import Link
-        from umqtt.simple import MQTTClient
+    from evse import discovery, tls
+    from evse.link import Link
 
-        link = Link(st, MQTTClient, host, port, log)
-    st.run(link)
+    st.run(Link(st, log, tls.context, discovery.configs))
 
 
 main()

@@ -3,17 +3,28 @@
 from evse.compat import const
 
 _SECRET = const(1)
+_TOPIC = const(2)  # used as an MQTT topic level: no '/', '+', '#' or spaces
 
 # (key, type, default, min, max, flags). type: int, float, bool, str, or a tuple of choices.
 # Later issues add their keys here; nothing else in the firmware invents configuration.
 SCHEMA = (
-    ("station_id", str, "", 0, 64, 0),
-    ("prefix", str, "evse", 1, 32, 0),
+    ("station_id", str, "", 0, 64, _TOPIC),
+    ("prefix", str, "evse", 1, 32, _TOPIC),
     ("mqtt.host", str, "127.0.0.1", 0, 128, 0),
     ("mqtt.port", int, 1883, 1, 65535, 0),
     ("mqtt.user", str, "", 0, 64, 0),
     ("mqtt.password", str, "", 0, 128, _SECRET),
-    ("status_interval_s", int, 60, 5, 3600, 0),
+    ("mqtt.tls", bool, False, 0, 0, 0),
+    ("mqtt.ca_file", str, "ca.pem", 1, 64, 0),
+    ("mqtt.keepalive_s", int, 120, 10, 1200, 0),
+    ("wifi.ssid", str, "", 0, 32, 0),
+    ("wifi.password", str, "", 0, 64, _SECRET),
+    ("ntp.host", str, "pool.ntp.org", 0, 64, 0),
+    ("status_interval_s", int, 300, 5, 3600, 0),
+    ("meter_interval_s", int, 10, 1, 3600, 0),
+    ("meter_idle_interval_s", int, 300, 10, 86400, 0),
+    ("ha_discovery", bool, False, 0, 0, 0),
+    ("ha_prefix", str, "homeassistant", 1, 64, _TOPIC),
     ("max_current_a", float, 32.0, 6.0, 80.0, 0),
     ("phases", int, 3, 1, 3, 0),
     ("auth_mode", ("free",), "free", 0, 0, 0),
@@ -28,6 +39,11 @@ SCHEMA = (
 )
 
 FILE = "config.json"
+
+
+def is_secret(key):
+    e = _entry(key)
+    return e is not None and bool(e[5] & _SECRET)
 
 
 def _entry(key):
@@ -64,6 +80,10 @@ def check(key, value):
             raise ValueError("bad_arg: %s must be a string" % key)
         if not lo <= len(value) <= hi:
             raise ValueError("out_of_range: %s length must be %d..%d" % (key, lo, hi))
+        if e[5] & _TOPIC:
+            for ch in "/+# ":
+                if ch in value:
+                    raise ValueError("bad_arg: %s must not contain '%s'" % (key, ch))
         return value
     if not lo <= value <= hi:
         raise ValueError("out_of_range: %s must be %s..%s" % (key, lo, hi))

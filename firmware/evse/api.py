@@ -1,0 +1,191 @@
+"""Backend commands (<base>/cmd): validate, apply, answer with exactly one reply.
+
+Every handler validates all its arguments before it changes anything, so a rejected command
+changes nothing. Errors are raised as ApiError(code, detail) and become ok:false replies.
+"""
+
+import json
+
+from evse.compat import ticks_add
+
+MAX_PAYLOAD = 1900  # what fits the MQTT client's receive buffer with its topic
+_MAX_RID = 64
+_MAX_TTL_S = 86400 * 7
+_MAX_REBOOT_DELAY_S = 3600
+
+
+class ApiError(Exception):
+    def __init__(self, code, detail):
+        Exception.__init__(self, code)
+        self.code = code
+        self.detail = detail
+
+
+def _num(args, key, lo, hi, required=True):
+    if key not in args:
+        if required:
+            raise ApiError("bad_arg", "missing %s" % key)
+        return None
+    v = args[key]
+    if v is None and not required:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ApiError("bad_arg", "%s must be a number" % key)
+    if not lo <= v <= hi:
+        raise ApiError("out_of_range", "%s must be %s..%s" % (key, lo, hi))
+    return v
+
+
+def _int(args, key, lo, hi, required=True):
+    v = _num(args, key, lo, hi, required)
+    if v is not None and not isinstance(v, int):
+        raise ApiError("bad_arg", "%s must be an integer" % key)
+    return v
+
+
+def rid_of(obj):
+    """The command's rid if usable (a short string or an integer), else None."""
+    if not isinstance(obj, dict):
+        return None
+    rid = obj.get("rid")
+    if isinstance(rid, str) and 0 < len(rid) <= _MAX_RID:
+        return rid
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return rid
+    return None
+
+
+class Api:
+    """Command dispatch for one station. `link` provides reconnect/reboot/publish hooks."""
+
+    def __init__(self, station, link):
+        self.st = station
+        self.link = link
+        self.handled = 0
+        self.rejected = 0
+
+    def handle(self, payload, now):
+        """payload (bytes) -> reply dict. Never raises."""
+        rid = None
+        try:
+            if len(payload) > MAX_PAYLOAD:
+                raise ApiError("too_large", "payload over %d bytes" % MAX_PAYLOAD)
+            try:
+                obj = json.loads(payload)
+            except (ValueError, UnicodeError):
+                raise ApiError("bad_json", "payload is not valid UTF-8 JSON") from None
+            rid = rid_of(obj)
+            if not isinstance(obj, dict):
+                raise ApiError("bad_json", "payload must be a JSON object")
+            if rid is None:
+                raise ApiError("bad_arg", "missing or unusable rid")
+            name = obj.get("cmd")
+            fn = getattr(self, "cmd_" + name, None) if isinstance(name, str) else None
+            if fn is None or len(name) > 32:
+                raise ApiError("unknown_cmd", "unknown command %r" % (name,))
+            data = fn(obj, now)
+            self.handled += 1
+            reply = {"rid": rid, "ok": True}
+            if data is not None:
+                reply["data"] = data
+            return reply
+        except ApiError as e:
+            self.rejected += 1
+            self.st.events.add("warn", "RejectedInput", 0, "%s: %s" % (e.code, e.detail))
+            return {"rid": rid, "ok": False, "error": e.code, "detail": e.detail}
+        except Exception as e:  # noqa: BLE001 - a bug in a handler must not kill the link
+            self.rejected += 1
+            self.st.events.add("error", "InternalError", 0, "cmd: %r" % (e,))
+            return {"rid": rid, "ok": False, "error": "internal", "detail": repr(e)}
+
+    # -- helpers --------------------------------------------------------------------------
+    def _scope(self, args, allow_station=True):
+        """connector argument -> list of Connector (0 = all, when allowed)."""
+        n = len(self.st.connectors)
+        cid = _int(args, "connector", 0 if allow_station else 1, n)
+        if cid == 0:
+            return 0, self.st.connectors
+        return cid, [self.st.connectors[cid - 1]]
+
+    def _limits(self, cid):
+        return self.st.limits if cid == 0 else self.st.connectors[cid - 1].limits
+
+    # -- commands -------------------------------------------------------------------------
+    def cmd_set_limit(self, args, now):
+        cid, _ = self._scope(args)
+        amps = _num(args, "current_a", 0, 80)
+        ttl = _int(args, "ttl_s", 1, _MAX_TTL_S, required=False)
+        lim = self._limits(cid)
+        lim.set("backend", int(amps * 10 + 0.5) / 10, None if ttl is None else ticks_add(now, ttl * 1000))
+        lim.clear("failsafe")  # the backend spoke again: its word replaces the failsafe
+        return None
+
+    def cmd_clear_limit(self, args, now):
+        cid, _ = self._scope(args)
+        lim = self._limits(cid)
+        lim.clear("backend")
+        lim.clear("failsafe")
+        return None
+
+    def cmd_enable(self, args, now):
+        _, conns = self._scope(args)
+        for c in conns:
+            c.set_enabled(True)
+        return None
+
+    def cmd_disable(self, args, now):
+        _, conns = self._scope(args)
+        for c in conns:
+            c.set_enabled(False)
+        return None
+
+    def cmd_stop(self, args, now):
+        if "sid" in args:
+            sid = args["sid"]
+            if not isinstance(sid, str):
+                raise ApiError("bad_arg", "sid must be a string")
+            raise ApiError("not_found", "no session %s" % sid)
+        _, conns = self._scope(args, allow_station=False)
+        c = conns[0]
+        if not c.authorized:
+            raise ApiError("not_allowed", "connector %d is not charging" % c.id)
+        c.stop()
+        return None
+
+    def cmd_reboot(self, args, now):
+        delay = _int(args, "delay_s", 0, _MAX_REBOOT_DELAY_S, required=False) or 0
+        self.link.schedule_reboot(now, delay)
+        return {"delay_s": delay}
+
+    def cmd_diag(self, args, now):
+        return self.link.diag(now)
+
+    def cmd_config_get(self, args, now):
+        pub = self.st.cfg.public()
+        keys = args.get("keys")
+        if keys is None:
+            return pub
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ApiError("bad_arg", "keys must be a list of strings")
+        out = {}
+        for k in keys:
+            if k not in pub:
+                raise ApiError("bad_arg", "unknown key %s" % k)
+            out[k] = pub[k]
+        return out
+
+    def cmd_config_set(self, args, now):
+        values = args.get("values")
+        if not isinstance(values, dict) or not values:
+            raise ApiError("bad_arg", "values must be a non-empty object")
+        try:
+            changed = self.st.cfg.update(values)
+        except ValueError as e:
+            code, _, detail = str(e).partition(": ")
+            raise ApiError(code, detail) from None
+        except OSError as e:
+            raise ApiError("storage", "could not save: %r" % (e,)) from None
+        # Secrets are named, never shown.
+        self.st.events.add("info", "ConfigChanged", 0, ",".join(sorted(changed)))
+        self.link.config_changed(changed)
+        return {"changed": sorted(changed)}

@@ -1,0 +1,352 @@
+"""A non-blocking MQTT 3.1.1 client: every call returns at once, so the control loop keeps
+its timing whatever the network or the broker does.
+
+umqtt.simple blocks by design (TCP connect, the CONNACK read, the PUBACK wait of a QoS 1
+publish, reads in the middle of a packet and writes into a full socket), and a socket
+timeout only bounds each of those calls, not the loop. This client keeps the same wire
+format but runs as a state machine: poll() advances it, with a deadline on every state.
+"""
+
+import errno
+import select
+import socket
+
+from evse.compat import const, ticks_diff
+
+DISCONNECTED = const(0)
+CONNECTING = const(1)  # TCP (and TLS) handshake under way
+WAIT_CONNACK = const(2)
+CONNECTED = const(3)
+
+_CONNECT_TIMEOUT_MS = const(5000)
+_STALL_TIMEOUT_MS = const(5000)  # outbox not draining, or a packet half received
+_OUTBOX_BYTES = const(8192)
+_INBOX_BYTES = const(2048)  # the largest packet we accept; bigger ones are skipped
+_RECV_CHUNK = const(512)
+_RECV_PER_POLL = const(2)
+
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, 119)  # 119: EINPROGRESS on lwIP
+
+
+def _varlen(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return out
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return bytes((len(b) >> 8, len(b) & 0xFF)) + b
+
+
+class MQTTError(Exception):
+    pass
+
+
+class Client:
+    """poll(now) drives it. on_message(topic: str, payload: bytes, retained) is called for
+    incoming PUBLISHes; publish() queues and never blocks (False when the outbox is full)."""
+
+    def __init__(self, client_id, keepalive_s=60, on_message=None, ssl_context=None):
+        self.client_id = client_id
+        self.keepalive_s = keepalive_s
+        self.on_message = on_message
+        self.ssl_context = ssl_context
+        self.state = DISCONNECTED
+        self.error = None
+        self._sock = None
+        self._poller = None
+        self._out = bytearray()
+        self._in = bytearray(_INBOX_BYTES)
+        self._mv = memoryview(self._in)
+        self._in_len = 0
+        self._skip = 0  # bytes of an oversized packet still to discard
+        self._pid = 0
+        self._t_state = 0
+        self._t_rx = 0
+        self._t_tx = 0
+        self._ping_out = False
+        self.inflight = 0  # QoS 1 publishes not yet acknowledged
+        self.dropped = 0  # publishes refused because the outbox was full
+        self.oversized = 0
+        self.bytes_tx = 0
+        self.bytes_rx = 0
+        self._will = None
+        self._user = None
+        self._password = None
+        self._subs = []
+
+    # -- setup ----------------------------------------------------------------------------
+    def set_last_will(self, topic, payload, retain=True, qos=1):
+        self._will = (topic, payload, retain, qos)
+
+    def set_credentials(self, user, password):
+        self._user = user or None
+        self._password = password if user else None
+
+    def connect(self, host, port, now):
+        """Start connecting; poll() finishes the job (or fails it by the deadline)."""
+        self.close()
+        self.error = None
+        ai = socket.getaddrinfo(host, port)[0]
+        s = socket.socket(ai[0], socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.args[0] not in _IN_PROGRESS:
+                s.close()
+                raise
+        self._sock = s
+        self._poller = select.poll()
+        self._poller.register(s, select.POLLOUT | select.POLLIN)
+        self._host = host
+        self._set_state(CONNECTING, now)
+
+    def _set_state(self, st, now):
+        self.state = st
+        self._t_state = now
+
+    def close(self, error=None):
+        if error is not None and self.error is None:
+            self.error = error
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._poller = None
+        self._out = bytearray()
+        self._in_len = 0
+        self._skip = 0
+        self.inflight = 0
+        self._ping_out = False
+        self.state = DISCONNECTED
+
+    def disconnect(self):
+        """Orderly DISCONNECT (no last will), best effort."""
+        if self.state == CONNECTED:
+            self._out += b"\xe0\x00"
+            self._flush(self._t_tx)
+        self.close()
+
+    # -- packets --------------------------------------------------------------------------
+    def _queue(self, header, body):
+        n = len(body)
+        pkt = bytes((header,)) + _varlen(n) + body
+        if len(self._out) + len(pkt) > _OUTBOX_BYTES:
+            return False
+        self._out += pkt
+        return True
+
+    def _connect_packet(self):
+        flags = 0x02  # clean session: the station republishes its state after every connect
+        payload = _str(self.client_id)
+        if self._will:
+            t, p, r, q = self._will
+            flags |= 0x04 | (q << 3) | (0x20 if r else 0)
+            payload += _str(t) + _str(p)
+        if self._user is not None:
+            flags |= 0x80
+            payload += _str(self._user)
+            if self._password is not None:
+                flags |= 0x40
+                payload += _str(self._password)
+        ka = self.keepalive_s
+        var = b"\x00\x04MQTT\x04" + bytes((flags, ka >> 8, ka & 0xFF))
+        self._queue(0x10, var + payload)
+
+    def _next_pid(self):
+        self._pid = self._pid % 0xFFFF + 1
+        return self._pid
+
+    def publish(self, topic, payload, retain=False, qos=0):
+        if self.state != CONNECTED:
+            return False
+        if isinstance(payload, str):
+            payload = payload.encode()
+        body = _str(topic)
+        if qos:
+            pid = self._next_pid()
+            body += bytes((pid >> 8, pid & 0xFF))
+        ok = self._queue(0x30 | (qos << 1) | (1 if retain else 0), body + payload)
+        if not ok:
+            self.dropped += 1
+        elif qos:
+            self.inflight += 1
+        return ok
+
+    def subscribe(self, topic, qos=1):
+        pid = self._next_pid()
+        return self._queue(0x82, bytes((pid >> 8, pid & 0xFF)) + _str(topic) + bytes((qos,)))
+
+    # -- the state machine ----------------------------------------------------------------
+    def poll(self, now):
+        """Advance: finish connecting, send what the socket takes, parse what arrived.
+        Returns the state. Any failure closes the socket and sets self.error."""
+        st = self.state
+        if st == DISCONNECTED:
+            return st
+        try:
+            if st == CONNECTING:
+                self._poll_connecting(now)
+            if self.state >= WAIT_CONNACK:
+                self._flush(now)
+                self._recv(now)
+                self._timers(now)
+        except (OSError, MQTTError) as e:
+            self.close(e)
+        return self.state
+
+    def _poll_connecting(self, now):
+        if ticks_diff(now, self._t_state) > _CONNECT_TIMEOUT_MS:
+            raise MQTTError("connect timeout")
+        ev = self._poller.poll(0)
+        if not ev:
+            return
+        if ev[0][1] & (select.POLLERR | select.POLLHUP):
+            raise OSError(errno.ECONNREFUSED)
+        if self.ssl_context is not None:
+            # Handshake continues inside read/write of the non-blocking TLS socket.
+            self._sock = self.ssl_context.wrap_socket(
+                self._sock, server_hostname=self._host, do_handshake_on_connect=False
+            )
+        self._connect_packet()
+        self._t_rx = self._t_tx = now
+        self._set_state(WAIT_CONNACK, now)
+
+    def _flush(self, now):
+        while self._out:
+            try:
+                n = self._sock.write(self._out)
+            except OSError as e:
+                if e.args[0] in _IN_PROGRESS:
+                    return
+                raise
+            if not n:
+                return
+            self.bytes_tx += n
+            self._t_tx = now
+            self._out = self._out[n:]
+
+    def _recv(self, now):
+        # At most a few chunks per poll: a flood of commands is worked off over several
+        # loop iterations instead of stalling one.
+        for _ in range(_RECV_PER_POLL):
+            if self._skip:
+                # Discard into the free end of the inbox (it is empty while skipping).
+                n = self._read(self._mv, min(self._skip, _RECV_CHUNK))
+                if n is None:
+                    return
+                self._skip -= n
+            else:
+                room = _INBOX_BYTES - self._in_len
+                n = self._read(self._mv[self._in_len :], min(room, _RECV_CHUNK))
+                if n is None:
+                    return
+                self._in_len += n
+            self.bytes_rx += n
+            self._t_rx = now
+            if not self._skip:
+                self._parse(now)
+
+    def _read(self, mv, n):
+        try:
+            got = self._sock.readinto(mv, n)
+        except OSError as e:
+            if e.args[0] in _IN_PROGRESS:
+                return None
+            raise
+        if got == 0:
+            raise MQTTError("closed by broker")
+        return got
+
+    def _parse(self, now):
+        buf = self._in
+        while self._in_len >= 2:
+            # Remaining length: up to 4 bytes of 7 bits.
+            n = 0
+            shift = 0
+            i = 1
+            while True:
+                if i >= self._in_len:
+                    return  # header incomplete
+                b = buf[i]
+                n |= (b & 0x7F) << shift
+                i += 1
+                if not b & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise MQTTError("bad remaining length")
+            total = i + n
+            if total > _INBOX_BYTES:
+                # Too big to hold: skip it, but tell the owner (payload None) so a command
+                # still gets its error reply.
+                self.oversized += 1
+                have = self._in_len
+                if buf[0] & 0xF0 == 0x30 and self.on_message and have >= i + 2:
+                    tl = (buf[i] << 8) | buf[i + 1]
+                    if have >= i + 2 + tl:
+                        topic = bytes(buf[i + 2 : i + 2 + tl]).decode()
+                        self.on_message(topic, None, bool(buf[0] & 1))
+                self._in_len = 0
+                self._skip = total - have
+                return
+            if self._in_len < total:
+                return
+            self._handle(buf[0], i, n, now)
+            rest = self._in_len - total
+            if rest:
+                buf[:rest] = buf[total : self._in_len]
+            self._in_len = rest
+
+    def _handle(self, h, off, n, now):
+        kind = h & 0xF0
+        buf = self._in
+        if kind == 0x30:  # PUBLISH
+            tl = (buf[off] << 8) | buf[off + 1]
+            topic = bytes(buf[off + 2 : off + 2 + tl]).decode()
+            p = off + 2 + tl
+            qos = (h >> 1) & 3
+            if qos:
+                pid_hi, pid_lo = buf[p], buf[p + 1]
+                p += 2
+                self._queue(0x40, bytes((pid_hi, pid_lo)))  # PUBACK (QoS 2 is not used)
+            if self.on_message:
+                self.on_message(topic, bytes(buf[p : off + n]), bool(h & 1))
+        elif kind == 0x20:  # CONNACK
+            if buf[off + 1] != 0:
+                raise MQTTError("connection refused, code %d" % buf[off + 1])
+            self._set_state(CONNECTED, now)
+        elif kind == 0x40:  # PUBACK
+            if self.inflight:
+                self.inflight -= 1
+        elif kind == 0x90:  # SUBACK
+            if buf[off + 2] == 0x80:
+                raise MQTTError("subscription refused")
+        elif kind == 0xD0:  # PINGRESP
+            self._ping_out = False
+
+    def _timers(self, now):
+        if self.state == WAIT_CONNACK:
+            if ticks_diff(now, self._t_state) > _CONNECT_TIMEOUT_MS:
+                raise MQTTError("no CONNACK")
+            return
+        if not self._out:
+            self._t_tx = now  # nothing waiting: the stall clock starts with the next packet
+        elif ticks_diff(now, self._t_tx) > _STALL_TIMEOUT_MS:
+            raise MQTTError("send stalled")
+        ka_ms = self.keepalive_s * 1000
+        idle = ticks_diff(now, self._t_rx)
+        if self._ping_out and idle > ka_ms:
+            raise MQTTError("no PINGRESP")
+        if not self._ping_out and idle > ka_ms // 2:
+            self._out += b"\xc0\x00"
+            self._ping_out = True
+            self._t_rx = now
