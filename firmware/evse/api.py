@@ -16,7 +16,7 @@ _MAX_REBOOT_DELAY_S = 3600
 
 class ApiError(Exception):
     def __init__(self, code, detail):
-        Exception.__init__(self, code)
+        super().__init__(code)
         self.code = code
         self.detail = detail
 
