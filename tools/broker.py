@@ -40,7 +40,7 @@ def _wait_port(port, proc, timeout=10.0):
 class Broker:
     """A broker process on 127.0.0.1:port; stop() ends it. `kind` says which one."""
 
-    def __init__(self, port=None, allow_fallback=True, extra_conf=""):
+    def __init__(self, port=None, allow_fallback=True, extra_conf="", per_listener=False):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="evse-broker-")
         exe = mosquitto_path()
@@ -48,9 +48,14 @@ class Broker:
             self.kind = "mosquitto"
             conf = os.path.join(self.dir, "mosquitto.conf")
             with open(conf, "w") as f:
+                head = "per_listener_settings true\n" if per_listener else ""
+                if hasattr(os, "geteuid") and os.geteuid() == 0:
+                    # As root mosquitto would drop to its own user, which cannot read the
+                    # test's private temp dirs (certificates, password file).
+                    head += "user root\n"
                 f.write(
-                    "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s"
-                    % (self.port, extra_conf)
+                    "%slistener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s"
+                    % (head, self.port, extra_conf)
                 )
             cmd = [exe, "-c", conf]
         elif allow_fallback:

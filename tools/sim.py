@@ -147,7 +147,8 @@ class Runner:
 
     def _env(self):
         env = dict(os.environ)
-        paths = [os.path.join(ROOT, "boards", "sim"), os.path.join(ROOT, "lib")]
+        # ".frozen" first: the unix port's own frozen modules (ssl, asyncio, ...).
+        paths = [".frozen", os.path.join(ROOT, "boards", "sim"), os.path.join(ROOT, "lib")]
         env["MICROPYPATH"] = ":".join(paths)
         return env
 

@@ -247,6 +247,13 @@ class Link:
                 self._status_key = key
                 self._pub("status", dumps(st.status(now)), True)
 
+    def failed(self, exc):
+        """The loop caught an exception from poll(): drop the connection, retry later."""
+        if self.client is not None:
+            self.client.close(exc)
+        if self._log:
+            self._log("error", "link: %r" % (exc,))
+
     def _failsafe(self, now):
         """Link down longer than failsafe_after_s: every backend limit becomes the failsafe
         limit until the backend sets (or clears) a limit again after reconnecting."""

@@ -199,7 +199,7 @@ class Client:
                 self._flush(now)
                 self._recv(now)
                 self._timers(now)
-        except (OSError, MQTTError) as e:
+        except Exception as e:  # noqa: BLE001 - OSError, MQTTError, TLS ValueError, ...
             self.close(e)
         return self.state
 
