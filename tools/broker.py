@@ -54,8 +54,10 @@ class Broker:
                     # test's private temp dirs (certificates, password file).
                     head += "user root\n"
                 f.write(
-                    "%slistener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s"
-                    % (head, self.port, extra_conf)
+                    "%slistener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    # Test clients subscribed to '#' read slower than a flood arrives; the
+                    # default queue (1000) would drop QoS 1 messages meant for them.
+                    "max_queued_messages 100000\n%s" % (head, self.port, extra_conf)
                 )
             cmd = [exe, "-c", conf]
         elif allow_fallback:

@@ -96,6 +96,8 @@ class Link:
             "outbox_bytes": len(c._out) if c else 0,
             "inflight": c.inflight if c else 0,
             "replies_dropped": self.replies_dropped,
+            "commands": self.api.handled + self.api.rejected,
+            "oversized": c.oversized if c else 0,
             "events_dropped": st.events.dropped,
             "modbus": None,  # arrives with the metering issue
         }

@@ -240,13 +240,13 @@ class Client:
         for _ in range(_RECV_PER_POLL):
             if self._skip:
                 # Discard into the free end of the inbox (it is empty while skipping).
-                n = self._read(self._mv, min(self._skip, _RECV_CHUNK))
+                n = self._read(self._mv[: min(self._skip, _RECV_CHUNK)])
                 if n is None:
                     return
                 self._skip -= n
             else:
                 room = _INBOX_BYTES - self._in_len
-                n = self._read(self._mv[self._in_len :], min(room, _RECV_CHUNK))
+                n = self._read(self._mv[self._in_len : self._in_len + min(room, _RECV_CHUNK)])
                 if n is None:
                     return
                 self._in_len += n
@@ -255,9 +255,10 @@ class Client:
             if not self._skip:
                 self._parse(now)
 
-    def _read(self, mv, n):
+    def _read(self, mv):
+        # The view's length is the limit: not every port honours readinto's nbytes.
         try:
-            got = self._sock.readinto(mv, n)
+            got = self._sock.readinto(mv)
         except OSError as e:
             if e.args[0] in _IN_PROGRESS:
                 return None
@@ -286,15 +287,25 @@ class Client:
                     raise MQTTError("bad remaining length")
             total = i + n
             if total > _INBOX_BYTES:
-                # Too big to hold: skip it, but tell the owner (payload None) so a command
-                # still gets its error reply.
-                self.oversized += 1
+                # Too big to hold: skip it. A PUBLISH is still acknowledged (else its QoS 1
+                # slot stays taken at the broker) and reported with payload None, so a
+                # command gets its error reply.
                 have = self._in_len
-                if buf[0] & 0xF0 == 0x30 and self.on_message and have >= i + 2:
+                h = buf[0]
+                if h & 0xF0 == 0x30 and have >= i + 2:
                     tl = (buf[i] << 8) | buf[i + 1]
-                    if have >= i + 2 + tl:
-                        topic = bytes(buf[i + 2 : i + 2 + tl]).decode()
-                        self.on_message(topic, None, bool(buf[0] & 1))
+                    head = i + 2 + tl + (2 if h & 6 else 0)
+                    if head <= _INBOX_BYTES:
+                        if have < head:
+                            return  # wait for the topic and packet id
+                        if h & 6:
+                            self._queue(0x40, bytes(buf[head - 2 : head]))
+                        if self.on_message:
+                            topic = bytes(buf[i + 2 : i + 2 + tl]).decode()
+                            self.on_message(topic, None, bool(h & 1))
+                elif h & 0xF0 == 0x30:
+                    return  # not even the topic length yet
+                self.oversized += 1
                 self._in_len = 0
                 self._skip = total - have
                 return
