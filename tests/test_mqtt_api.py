@@ -183,3 +183,30 @@ def test_retained_command_is_ignored(be):
     # After a reconnect the broker would resend it flagged retained: it must not act again.
     be.mq.c.publish(BASE + "/cmd", b"", qos=1, retain=True).wait_for_publish(5)
     assert be.cmd("enable", connector=1)["ok"]
+
+
+def test_meter_cadence_and_values(tmp_path):
+    b = Backend(tmp_path, config=["meter_interval_s=1", "meter_idle_interval_s=10"])
+    try:
+        first = b.mq.wait_json("/meter")  # one reading right after connect
+        assert first["connector"] == 1 and first["p_w"] == 0 and first["v"] == [230.0] * 3
+        charging(b.st)
+        b.status(lambda c: c["state"] == "Charging")
+        m = b.mark()
+        time.sleep(3.5)
+        ms = [json.loads(x[1]) for x in b.mq.msgs[m:] if x[0] == BASE + "/meter"]
+        assert 3 <= len(ms) <= 5  # every meter_interval_s while charging
+        last = ms[-1]
+        assert last["i"] == [32.0, 32.0, 32.0] and last["p_w"] == 22080
+        assert isinstance(last["e_wh"], int) and last["e_wh"] >= first["e_wh"]
+        assert all(not x[2] for x in b.mq.msgs[m:] if x[0] == BASE + "/meter")  # not retained
+        b.st.op("ev", request=False)
+        b.status(lambda c: c["state"] == "SuspendedEV")
+        time.sleep(0.5)
+        m = b.mark()
+        time.sleep(3)
+        assert not [x for x in b.mq.msgs[m:] if x[0] == BASE + "/meter"]  # idle cadence
+        info = json.loads(retained(b.broker.port, BASE + "/info")[0])
+        assert info["meter"] == "sim"
+    finally:
+        b.stop()

@@ -325,6 +325,15 @@ class World:
             if op == "T":
                 self.conns[int(f[1])].set_rcd_test(t, f[2] == "1")
                 return None
+            if op == "M":
+                # Interim meter path (until the Modbus meter lands): the world's readings.
+                c = self.conns[int(f[1])]
+                c.accrue(t)
+                v = [VOLTAGE_V] * 3
+                p = sum(c.ev_i) * VOLTAGE_V
+                return "%.1f %.1f %.1f %.1f %.1f %.1f %d %d %.2f\n" % (
+                    v[0], v[1], v[2], c.ev_i[0], c.ev_i[1], c.ev_i[2], int(round(p)),
+                    int(c.energy_wh), 50.0)
             if op == "t":
                 return "%d\n" % int(round(self.temp_c * 100))
             if op == "w":

@@ -55,6 +55,7 @@ class Link:
         self._status_key = None
         self._check_ms = None
         self._config_dirty = False
+        self._meter_ms = {}
         self._reconnect = False
         self._reboot_ms = None
         self.reconnects = 0
@@ -137,6 +138,7 @@ class Link:
         self._pub("info", dumps(st.info()), True)
         self._pub("config", dumps(st.cfg.public()), True)
         self._status_ms = None  # status at the next check
+        self._meter_ms = {}  # and a meter reading
         self._config_dirty = False
         if self._discovery is not None and st.cfg["ha_discovery"]:
             for topic, payload in self._discovery(st, self.base):
@@ -233,6 +235,7 @@ class Link:
                     }
                 ),
             )
+        self._meter(now)
         if self._config_dirty:
             self._config_dirty = False
             self._pub("config", dumps(st.cfg.public()), True)
@@ -248,6 +251,28 @@ class Link:
                 self._status_ms = now
                 self._status_key = key
                 self._pub("status", dumps(st.status(now)), True)
+
+    def _meter(self, now):
+        """<base>/meter per connector: every meter_interval_s while it charges, every
+        meter_idle_interval_s otherwise."""
+        st = self.st
+        for c in st.connectors:
+            m = getattr(c._hal, "meter", None)
+            if m is None:
+                continue
+            key = "meter_interval_s" if c.state == "Charging" else "meter_idle_interval_s"
+            last = self._meter_ms.get(c.id)
+            if last is not None and ticks_diff(now, last) < st.cfg[key] * 1000:
+                continue
+            self._meter_ms[c.id] = now
+            try:
+                v, i, p_w, e_wh, f_hz = m.read()
+            except Exception as e:  # noqa: BLE001 - a meter fault is not a link fault
+                st.events.add("warn", "PowerMeterFailure", c.id, repr(e))
+                continue
+            self._pub("meter", dumps({"ts": st.board.unix_time(), "connector": c.id,
+                                      "v": v, "i": i, "p_w": p_w, "e_wh": e_wh,
+                                      "f_hz": f_hz}), False, 0)
 
     def failed(self, exc):
         """The loop caught an exception from poll(): drop the connection, retry later."""

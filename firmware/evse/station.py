@@ -163,7 +163,7 @@ class Station:
             "connectors": len(self.connectors),
             "phases": self.cfg["phases"],
             "max_current_a": float(self.board.max_current_a),
-            "meter": None,
+            "meter": getattr(getattr(self.board.connectors[0], "meter", None), "name", None),
             "rfid": False,
         }
 
