@@ -151,6 +151,138 @@ def mpy_sizes():
     return sizes
 
 
+def _wire(topic, payload, qos):
+    """Bytes of a PUBLISH on the wire (fixed header, topic, packet id) plus its PUBACK."""
+    body = 2 + len(topic) + len(payload) + (2 if qos else 0)
+    hdr = 2 if body < 128 else 3
+    return hdr + body + (4 if qos else 0)
+
+
+def bandwidth():
+    """Bytes per hour on the wire (MQTT packets, both directions) at default settings:
+    packet sizes measured from a live station, multiplied by the default cadences."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from mqttc import Collector
+
+    import json
+
+    with Broker() as b:
+        mq = Collector(b.port, "evse/#")
+        d = tempfile.mkdtemp(prefix="evse-bw-")
+        st = Station(state_dir=d, broker="127.0.0.1:%d" % b.port)
+        try:
+            st.op("ev", respond_s=0.1)
+            mq.wait_json("/meter")
+            idle_status = mq.wait_json("/status")
+            idle_meter = mq.wait_json("/meter")
+            cfg = None
+            for t, p, _ in mq.msgs:
+                if t.endswith("/config"):
+                    cfg = json.loads(p)
+            st.op("plug")
+            st.op("ev", request=True)
+            st.wait_for(lambda s: s["ev_i"][0] > 0, timeout=5)
+            time.sleep(1.0)
+            msgs = list(mq.msgs)
+            ch_status = [p for t, p, _ in msgs if t.endswith("/status")][-1]
+            n0 = len(msgs)
+            t0 = time.monotonic()
+            time.sleep(12)
+            live = [(t, p) for t, p, _ in mq.msgs[n0:]]
+            live_s = time.monotonic() - t0
+        finally:
+            st.stop()
+            mq.stop()
+    base = "evse/evse-435031"
+    js = json.dumps
+    sz_status_idle = _wire(base + "/status", js(idle_status, separators=(",", ":")), 1)
+    sz_meter = _wire(base + "/meter", js(idle_meter, separators=(",", ":")), 0)
+    sz_status_ch = _wire(base + "/status", ch_status, 1)
+    ping = 4  # PINGREQ + PINGRESP
+    ka = cfg["mqtt.keepalive_s"]
+    idle = (3600 / cfg["status_interval_s"] * sz_status_idle
+            + 3600 / cfg["meter_idle_interval_s"] * sz_meter + 3600 / (ka / 2) * ping)
+    charging = (3600 / cfg["status_interval_s"] * sz_status_ch
+                + 3600 / cfg["meter_interval_s"] * sz_meter)
+    live_bytes = sum(_wire(t, p, 0 if t.endswith("/meter") else 1) for t, p in live)
+    return {
+        "status_bytes": sz_status_idle, "meter_bytes": sz_meter,
+        "idle_per_h": idle, "charging_per_h": charging,
+        "live_charging_per_h": live_bytes * 3600 / live_s, "cfg": cfg,
+    }
+
+
+def link_conditions():
+    """Loop gap and C->B reaction while the link is refused, hung, flooded or restarted."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from broker import free_port
+    from test_link_resilience import HungBroker
+
+    out = []
+
+    def measure(name, st, settle):
+        st.op("ev", respond_s=0.05)
+        st.op("plug")
+        st.op("ev", request=True)
+        _charge(st)
+        st.op("stats", reset=True)
+        settle()
+        ms = []
+        for _ in range(10):
+            n = st.op("events", since=10**9)["next"]
+            st.op("ev", request=False)
+            ms.append(_reaction(st, n, "cp", "B"))
+            st.op("ev", request=True)
+            _charge(st)
+        gap = st.op("stats")["loop_max_gap_us"] / 1000
+        out.append((name, max(ms), gap))
+
+    st = Station(broker="127.0.0.1:%d" % free_port())
+    try:
+        measure("refused", st, lambda: time.sleep(3))
+    finally:
+        st.stop()
+    hb = HungBroker()
+    st = Station(broker="127.0.0.1:%d" % hb.port)
+    try:
+        measure("hung (accepts, silent)", st, lambda: time.sleep(6))
+    finally:
+        st.stop()
+        hb.stop()
+    b = Broker()
+    st = Station(broker="127.0.0.1:%d" % b.port)
+    try:
+        def flood():
+            import paho.mqtt.client as mqtt
+
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            c.connect("127.0.0.1", b.port)
+            c.loop_start()
+            for i in range(1000):
+                c.publish("evse/evse-435031/cmd", '{"rid":"f%d","cmd":"diag"}' % i, qos=0)
+                time.sleep(0.001)
+            c.loop_stop()
+            c.disconnect()
+
+        measure("flood 1000 cmds / 1 s", st, flood)
+
+        def restart():
+            port = b.port
+            b.proc.kill()
+            b.proc.wait()
+            time.sleep(1)
+            b2 = Broker(port=port)
+            restart.b2 = b2
+            time.sleep(4)
+
+        measure("broker killed + restarted", st, restart)
+        restart.b2.stop()
+    finally:
+        st.stop()
+        b.stop()
+    return out
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -160,6 +292,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--skip-heap", action="store_true")
+    ap.add_argument("--skip-link", action="store_true")
     a = ap.parse_args(argv)
 
     print("Contactor reaction (cause -> contactor commanded open), %d trials each" % a.trials)
@@ -180,6 +313,23 @@ def main(argv=None):
             "Smallest heap for a full charge cycle with MQTT: %s"
             % ("%d KiB (-X heapsize=%dwK)" % (heap, heap) if heap else "failed even at 128 KiB")
         )
+
+    if not a.skip_link:
+        print("Link conditions (10 C->B trials each while charging)")
+        print("  %-28s %12s %16s" % ("condition", "C->B max ms", "loop max gap ms"))
+        for name, ms, gap in link_conditions():
+            print("  %-28s %12.1f %16.1f" % (name, ms, gap))
+        print("  goals: C->B <= 100 ms, loop gap <= 50 ms")
+        bw = bandwidth()
+        cfg = bw["cfg"]
+        print("Bandwidth at defaults (status every %d s, meter every %d s charging / %d s "
+              "idle, keepalive %d s):" % (cfg["status_interval_s"], cfg["meter_interval_s"],
+                                          cfg["meter_idle_interval_s"], cfg["mqtt.keepalive_s"]))
+        print("  status %d B, meter %d B on the wire (incl. header, topic, PUBACK)"
+              % (bw["status_bytes"], bw["meter_bytes"]))
+        print("  idle      %7.0f B/h  (goal <= 10 KB/h)" % bw["idle_per_h"])
+        print("  charging  %7.0f B/h  (goal <= 100 KB/h); live 12 s sample: %.0f B/h"
+              % (bw["charging_per_h"], bw["live_charging_per_h"]))
 
     sizes = mpy_sizes()
     print("Firmware .mpy size (mpy-cross -O1): %d bytes in %d modules" % (sum(sizes.values()),
