@@ -144,6 +144,9 @@ class Link:
             for topic, payload in self._discovery(st, self.base):
                 c.publish(topic, payload, True, 1)
         st.events.add("info", "Connected", 0, "%s" % self._host)
+        net = getattr(st.board, "net", None)
+        if net is not None:
+            net.online(now, st.cfg)  # e.g. set the clock by NTP, once per connect
 
     def _went_down(self, now, why):
         c = self.client
@@ -193,6 +196,9 @@ class Link:
                 if c is not None:
                     c.error = None
             self._failsafe(now)
+            net = getattr(st.board, "net", None)
+            if net is not None and not net.poll(now, st.cfg):
+                return  # no IP link yet (Wi-Fi joining): nothing to connect over
             if self._retry_ms is not None and ticks_diff(now, self._retry_ms) < 0:
                 return
             # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
@@ -203,6 +209,10 @@ class Link:
                 self._start(now)
             except Exception as e:  # noqa: BLE001 - DNS, TLS setup, bad address
                 self._went_down(now, e)
+            return
+        net = getattr(st.board, "net", None)
+        if net is not None and not net.poll(now, st.cfg):
+            c.close("network down")
             return
         c.poll(now)
         if c.state != CONNECTED:
