@@ -59,7 +59,8 @@ deploy: venv libs
 	$(BIN)/mpremote connect $(PORT) fs mkdir :evse || true
 	$(BIN)/mpremote connect $(PORT) fs cp firmware/evse/*.py :evse/ + \
 	  fs cp lib/ulogging.py :ulogging.py + \
-	  fs cp boards/$(BOARD)/*.py : + fs cp firmware/main.py :main.py + reset
+	  $(foreach f,$(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py)),fs cp $(f) : +) \
+	  fs cp firmware/main.py :main.py + reset
 
 clean:
 	rm -rf build .pytest_cache

@@ -210,3 +210,33 @@ def test_meter_cadence_and_values(tmp_path):
         assert info["meter"] == "sim"
     finally:
         b.stop()
+
+
+def test_config_set_broker_takes_effect_by_clean_reconnect(tmp_path):
+    from broker import Broker
+    from mqttc import Collector
+    from simctl import Station
+
+    b1 = Broker(allow_fallback=False)
+    b2 = Broker(allow_fallback=False)
+    mq1 = Collector(b1.port, "#")
+    mq2 = Collector(b2.port, "#")
+    st = Station(state_dir=str(tmp_path),
+                 config=['mqtt.host="127.0.0.1"', "mqtt.port=%d" % b1.port])
+    try:
+        mq1.wait(lambda m: m[0] == BASE + "/online" and m[1] == b"online", what="online b1")
+        mq1.c.publish(BASE + "/cmd", json.dumps({"rid": "mv", "cmd": "config_set",
+                                                 "values": {"mqtt.port": b2.port}}), qos=1)
+        r = mq1.wait_json("/reply", lambda d: d.get("rid") == "mv")
+        assert r["ok"]  # answered on the old connection before moving
+        mq2.wait(lambda m: m[0] == BASE + "/online" and m[1] == b"online", timeout=10,
+                 what="online b2")
+        # A clean DISCONNECT: the old broker does not publish the last will.
+        time.sleep(0.5)
+        assert not [m for m in mq1.msgs if m[0] == BASE + "/online" and m[1] == b"offline"]
+    finally:
+        st.stop()
+        mq1.stop()
+        mq2.stop()
+        b1.stop()
+        b2.stop()

@@ -224,7 +224,7 @@ class Link:
             if c._out:
                 self._reconnect = True  # the reply to config_set goes out first
             else:
-                c.disconnect()
+                c.disconnect(now)
                 self._went_down(now, "config changed")
                 self._retry_ms = None
                 self._backoff = _BACKOFF_MIN_MS
@@ -315,6 +315,6 @@ class Link:
             self._pub("event", dumps({"ts": st.board.unix_time(), "level": "info",
                                       "code": "Reboot", "connector": 0, "detail": "requested"}))
             c.poll(now)
-            c.disconnect()
+            c.disconnect(now)
         st.board.reset()
 

@@ -17,8 +17,10 @@ DISCONNECTED = const(0)
 CONNECTING = const(1)  # TCP (and TLS) handshake under way
 WAIT_CONNACK = const(2)
 CONNECTED = const(3)
+CLOSING = const(4)  # DISCONNECT sent, waiting for the broker to close its side
 
 _CONNECT_TIMEOUT_MS = const(5000)
+_CLOSE_TIMEOUT_MS = const(1000)
 _STALL_TIMEOUT_MS = const(5000)  # outbox not draining, or a packet half received
 _OUTBOX_BYTES = const(8192)
 _INBOX_BYTES = const(2048)  # the largest packet we accept; bigger ones are skipped
@@ -128,12 +130,16 @@ class Client:
         self._ping_out = False
         self.state = DISCONNECTED
 
-    def disconnect(self):
-        """Orderly DISCONNECT (no last will), best effort."""
-        if self.state == CONNECTED:
-            self._out += b"\xe0\x00"
-            self._flush(self._t_tx)
-        self.close()
+    def disconnect(self, now):
+        """Orderly DISCONNECT (the broker drops the last will). The socket is closed once
+        the broker has closed its side (or after 1 s): closing with unread data (a late
+        PUBACK) would send a TCP reset, and the broker might lose the DISCONNECT with it."""
+        if self.state != CONNECTED:
+            self.close()
+            return
+        self._out += b"\xe0\x00"
+        self._set_state(CLOSING, now)
+        self.poll(now)
 
     # -- packets --------------------------------------------------------------------------
     def _queue(self, header, body):
@@ -195,6 +201,9 @@ class Client:
         try:
             if st == CONNECTING:
                 self._poll_connecting(now)
+            elif st == CLOSING:
+                self._poll_closing(now)
+                return self.state
             if self.state >= WAIT_CONNACK:
                 self._flush(now)
                 self._recv(now)
@@ -219,6 +228,24 @@ class Client:
         self._connect_packet()
         self._t_rx = self._t_tx = now
         self._set_state(WAIT_CONNACK, now)
+
+    def _poll_closing(self, now):
+        self._flush(now)
+        if ticks_diff(now, self._t_state) > _CLOSE_TIMEOUT_MS:
+            self.close()
+            return
+        for _ in range(_RECV_PER_POLL):
+            try:
+                n = self._sock.readinto(self._mv)
+            except OSError as e:
+                if e.args[0] in _IN_PROGRESS:
+                    return
+                raise
+            if n is None:
+                return
+            if n == 0:
+                self.close()  # the broker closed its side: done
+                return
 
     def _flush(self, now):
         while self._out:
