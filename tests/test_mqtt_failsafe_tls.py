@@ -30,9 +30,10 @@ def test_failsafe_after_link_loss_until_backend_speaks(tmp_path):
         broker.proc.wait()
         s = be.st.wait_for(lambda s: s["offered_a"] == 8.0, timeout=15, interval=0.05)
         waited = time.monotonic() - t_down
-        # The station notices the dead link first (keepalive / failed write), so the 5 s
-        # count can start a little after the kill; never before.
-        assert 5.0 <= waited <= 5.0 + 130, waited
+        # A killed broker's socket closes at once, so the station counts from the kill:
+        # never before 5 s, and not much later (the poll interval of this test is 50 ms).
+        print("failsafe applied %.2f s after the broker died" % waited)
+        assert 5.0 <= waited <= 7.0, waited
         broker2 = Broker(port=broker.port, allow_fallback=False)
         be.mq = Collector(broker.port, "#")
         s = be.status(lambda c: c["state"] == "Charging", timeout=15)
