@@ -20,6 +20,7 @@ from time import ticks_diff, ticks_us  # noqa: E402
 
 import machine  # noqa: E402
 from machine import ADC, PWM, SPI, UART, WDT  # noqa: E402
+from net import Net  # noqa: E402 - Wi-Fi station and NTP (net.py)
 
 # -- pin map (GPIO numbers; README.md has the table) --------------------------------------
 # Analog inputs are ADC1 only (GPIO32-39): ADC2 cannot be read while Wi-Fi is on.
@@ -248,6 +249,9 @@ class Board:
         self._ntc_read = ADC(Pin(_NTC_ADC), atten=ADC.ATTN_11DB).read_uv
         # ESP32 MicroPython counts from 2000; ask the port rather than assume it.
         self._epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
+        # Wi-Fi station (config wifi.ssid / wifi.password) and NTP (ntp.host), driven by the
+        # MQTT link: net.poll() every loop, net.online() after each broker connect.
+        self.net = Net()
 
     def temp_c(self):
         """NTC temperature (Beta equation). Raises OSError on an open sensor, which the
@@ -281,7 +285,8 @@ class Board:
         time.sleep_ms(ms)
 
     def unix_time(self):
-        """Seconds since 1970, or None while the RTC is unset (better no timestamp)."""
+        """Seconds since 1970, or None while the RTC is unset (better no timestamp). NTP
+        (net.online()) sets the RTC to 2024 or later, as does an RTC kept across a reset."""
         t = time.time()
         if time.gmtime(t)[0] < _RTC_VALID_YEAR:
             return None

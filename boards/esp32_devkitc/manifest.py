@@ -20,8 +20,13 @@ include("$(PORT_DIR)/boards/manifest.py")
 package("evse", base_path="../../firmware")
 module("main.py", base_path="../../firmware")
 
-# This board, importable as `board` (the name main.py imports).
+# This board, importable as `board` (the name main.py imports), and its Wi-Fi/NTP module.
 module("board.py")
+module("net.py")
+
+# net.py sets the clock with ntptime. The port manifest's networking bundle already has it;
+# stated here so the dependency is explicit.
+require("ntptime")
 
 # MQTT client from micropython-lib. The port manifest already has it; stated here so the
 # dependency is explicit (the build ignores the repeat).

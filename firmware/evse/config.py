@@ -134,8 +134,13 @@ class Config:
         clean = {}
         for k, v in changes.items():
             clean[k] = check(k, v)
-        self.values.update(clean)
-        self._store.write_json(FILE, self.values)
+        new = dict(self.values)
+        new.update(clean)
+        if new["thermal.stop_c"] <= new["thermal.derate_c"]:
+            raise ValueError("out_of_range: thermal.stop_c must be above thermal.derate_c")
+        # Flash first: if the write fails, nothing changes in memory either.
+        self._store.write_json(FILE, new)
+        self.values = new
         return clean
 
     def public(self):
