@@ -207,7 +207,7 @@ def test_meter_cadence_and_values(tmp_path):
         time.sleep(3)
         assert not [x for x in b.mq.msgs[m:] if x[0] == BASE + "/meter"]  # idle cadence
         info = json.loads(retained(b.broker.port, BASE + "/info")[0])
-        assert info["meter"] == "sim"
+        assert info["meter"] == "sdm630"  # the simulated meter speaks SDM630 RTU
     finally:
         b.stop()
 

@@ -65,10 +65,10 @@ class Runner:
         try:
             for raw in f:
                 line = raw.decode("ascii", "replace")
-                if line.startswith("U"):
+                if line == "U\n":  # the firmware's first loop ran
                     self._ready()
                     continue
-                if line.startswith("X"):
+                if line == "X\n":
                     continue  # firmware-requested reboot: the exit follows
                 reply = self.world.firmware_line(line)
                 if reply is not None:
@@ -141,6 +141,7 @@ class Runner:
         ]
         if a.broker:
             cmd += ["--broker", a.broker]
+        cmd += ["--meter", a.meter]
         for kv in a.config or ():
             cmd += ["--config", kv]
         return cmd

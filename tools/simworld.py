@@ -227,9 +227,15 @@ class World:
         self.samples = 0
         self.sample_gaps_over_10ms = 0
         self.hang_s = 0.0
+        from simmeter import Line
+
+        self.line = Line(self)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def now(self):
+        return now_us()
 
     def event(self, t, what, value, connector=1):
         self.log.append(
@@ -325,15 +331,14 @@ class World:
             if op == "T":
                 self.conns[int(f[1])].set_rcd_test(t, f[2] == "1")
                 return None
-            if op == "M":
-                # Interim meter path (until the Modbus meter lands): the world's readings.
-                c = self.conns[int(f[1])]
-                c.accrue(t)
-                v = [VOLTAGE_V] * 3
-                p = sum(c.ev_i) * VOLTAGE_V
-                return "%.1f %.1f %.1f %.1f %.1f %.1f %d %d %.2f\n" % (
-                    v[0], v[1], v[2], c.ev_i[0], c.ev_i[1], c.ev_i[2], int(round(p)),
-                    int(c.energy_wh), 50.0)
+            if op == "U":
+                self.line.write(t, bytes.fromhex(f[1]))
+                return None
+            if op == "u":
+                return self.line.read(t).hex() + "\n"
+            if op == "B":
+                self.line.baud = int(f[1])
+                return None
             if op == "t":
                 return "%d\n" % int(round(self.temp_c * 100))
             if op == "w":
@@ -499,6 +504,7 @@ class World:
             "loop_max_gap_us": self.sample_max_gap_us,
             "loop_gaps_over_10ms": self.sample_gaps_over_10ms,
             "samples": self.samples,
+            "meter_requests": self.line.requests,
             "now_us": t,
         }
         if req.get("reset"):

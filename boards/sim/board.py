@@ -2,6 +2,7 @@
 physical world (EV, cable, contactor, RCD, meter). Outputs are sent the moment the firmware
 commands them, so the runner stamps each change when it happens."""
 
+import binascii
 import socket
 import sys
 import time
@@ -73,26 +74,33 @@ class Contactor:
         return self._hal.fb
 
 
-class Meter:
-    """Interim energy meter: the world's readings over the runner link. The Modbus RTU
-    meter (real frames on the simulated UART) replaces it with the metering issue."""
+class SimUart:
+    """The meter's RS-485 line: bytes go to the runner, where the simulated meter answers
+    with real RTU frames after their wire time. Same calls as machine.UART."""
 
-    name = "sim"
-
-    def __init__(self, world, cid):
+    def __init__(self, world):
         self._w = world
-        self._m = b"M %d\n" % cid
+        self._rx = bytearray()
 
-    def read(self):
-        """(v[3], i[3], p_w, e_wh, f_hz)."""
-        f = self._w.ask(self._m).split()
-        return (
-            [float(f[0]), float(f[1]), float(f[2])],
-            [float(f[3]), float(f[4]), float(f[5])],
-            int(f[6]),
-            int(f[7]),
-            float(f[8]),
-        )
+    def init(self, baudrate=9600, bits=8, parity=None, stop=1):
+        self._w.send(b"B %d\n" % baudrate)
+
+    def write(self, buf):
+        self._w.send(b"U " + binascii.hexlify(buf) + b"\n")
+        return len(buf)
+
+    def any(self):
+        if not self._rx:
+            got = self._w.ask(b"u\n").strip()
+            if got:
+                self._rx += binascii.unhexlify(got)
+        return len(self._rx)
+
+    def readinto(self, mv):
+        n = min(len(mv), len(self._rx))
+        mv[:n] = self._rx[:n]
+        self._rx = self._rx[n:]
+        return n
 
 
 class ConnectorHal:
@@ -104,7 +112,6 @@ class ConnectorHal:
         self._t = b"T %d " % cid
         self.pilot = Pilot(world, cid, self)
         self.contactor = Contactor(world, cid, self)
-        self.meter = Meter(world, cid)
 
     def rcd_tripped(self):
         return self.rcd
@@ -164,7 +171,9 @@ class Board:
             host, _, port = b.rpartition(":")
             self.broker = (host, int(port))
         self.config_overrides = opts["config"]
-        self.uart = None  # the meter bus arrives with the Modbus issue
+        self.uart = SimUart(self._w)
+        m = opts.get("meter", "sim")
+        self.meter_transport = m if m.startswith("tcp:") else None
         self.spi = None
 
     def temp_c(self):

@@ -9,7 +9,7 @@ except ImportError:
 
 
 try:
-    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
+    from time import ticks_add, ticks_diff, ticks_ms, ticks_us  # noqa: F401
 except ImportError:
     import time as _time
 
@@ -17,6 +17,9 @@ except ImportError:
 
     def ticks_ms():
         return int(_time.monotonic() * 1000) & (_PERIOD - 1)
+
+    def ticks_us():
+        return int(_time.monotonic() * 1000000) & (_PERIOD - 1)
 
     def ticks_diff(a, b):
         d = (a - b) & (_PERIOD - 1)

@@ -5,7 +5,8 @@ from evse.compat import const
 _SECRET = const(1)
 _TOPIC = const(2)  # used as an MQTT topic level: no '/', '+', '#' or spaces
 
-# (key, type, default, min, max, flags). type: int, float, bool, str, or a tuple of choices.
+# (key, type, default, min, max, flags). type: int, float, bool, str, dict, or a tuple of
+# choices. meter.baud 0 and meter.parity "" mean the profile's default.
 # Later issues add their keys here; nothing else in the firmware invents configuration.
 SCHEMA = (
     ("station_id", str, "", 0, 64, _TOPIC),
@@ -34,6 +35,15 @@ SCHEMA = (
     ("thermal.derate_current_a", float, 10.0, 6.0, 80.0, 0),
     ("thermal.stop_c", float, 75.0, 20.0, 130.0, 0),
     ("thermal.hysteresis_c", float, 5.0, 1.0, 30.0, 0),
+    ("meter.profile", ("sdm630", "sdm72d-m-v2", "sdm120", "abb-b23", "em340", "orno-we-516",
+                       "custom", "none"), "sdm630", 0, 0, 0),
+    ("meter.slave", int, 1, 1, 247, 0),
+    ("meter.baud", int, 0, 0, 115200, 0),
+    ("meter.parity", ("", "none", "even", "odd"), "", 0, 0, 0),
+    ("meter.transport", str, "uart", 4, 64, 0),
+    ("meter.custom", dict, {}, 0, 0, 0),
+    ("meter_fail_s", int, 10, 2, 3600, 0),
+    ("meter_loss", ("suspend", "continue"), "suspend", 0, 0, 0),
     ("failsafe_after_s", int, 120, 5, 86400, 0),
     ("failsafe_current_a", float, 6.0, 0.0, 80.0, 0),
 )
@@ -75,6 +85,10 @@ def check(key, value):
     elif typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("bad_arg: %s must be an integer" % key)
+    elif typ is dict:
+        if not isinstance(value, dict):
+            raise ValueError("bad_arg: %s must be an object" % key)
+        return value
     elif typ is str:
         if not isinstance(value, str):
             raise ValueError("bad_arg: %s must be a string" % key)

@@ -69,6 +69,7 @@ class Connector:
         self.limit_by = "hardware"
         self.state = "Available"
         self.thermal_stop = False
+        self.meter_failed = False
 
     # -- outputs -------------------------------------------------------------------------
     def _set_contactor(self, on, now):
@@ -320,4 +321,6 @@ class Connector:
     def error(self):
         if self.fault is not None:
             return self.fault
+        if self.meter_failed:
+            return "PowerMeterFailure"
         return "HighTemperature" if self.thermal_stop else None

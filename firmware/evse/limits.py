@@ -13,6 +13,7 @@ SOURCES = (
     "phase",
     "budget",
     "startup_delay",
+    "meter",  # extension: charging suspended while the meter is unreachable (meter_loss)
 )
 
 

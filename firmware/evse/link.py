@@ -100,8 +100,17 @@ class Link:
             "commands": self.api.handled + self.api.rejected,
             "oversized": c.oversized if c else 0,
             "events_dropped": st.events.dropped,
-            "modbus": None,  # arrives with the metering issue
+            "modbus": self._modbus(),
         }
+
+    def _modbus(self):
+        bus = self.st.bus
+        if bus is None:
+            return None
+        out = dict(bus.counters)
+        out["transactions"] = bus.transactions
+        out["exception_codes"] = {str(k): v for k, v in bus.exceptions.items()}
+        return out
 
     # -- publishing -----------------------------------------------------------------------
     def _pub(self, sub, payload, retain=False, qos=1):
@@ -264,22 +273,18 @@ class Link:
 
     def _meter(self, now):
         """<base>/meter per connector: every meter_interval_s while it charges, every
-        meter_idle_interval_s otherwise."""
+        meter_idle_interval_s otherwise. Only fresh readings are sent."""
         st = self.st
-        for c in st.connectors:
-            m = getattr(c._hal, "meter", None)
-            if m is None:
+        for k, m in enumerate(st.meters):
+            if m is None or m.reading is None or st.connectors[k].meter_failed:
                 continue
+            c = st.connectors[k]
             key = "meter_interval_s" if c.state == "Charging" else "meter_idle_interval_s"
             last = self._meter_ms.get(c.id)
             if last is not None and ticks_diff(now, last) < st.cfg[key] * 1000:
                 continue
             self._meter_ms[c.id] = now
-            try:
-                v, i, p_w, e_wh, f_hz = m.read()
-            except Exception as e:  # noqa: BLE001 - a meter fault is not a link fault
-                st.events.add("warn", "PowerMeterFailure", c.id, repr(e))
-                continue
+            v, i, p_w, e_wh, f_hz = m.reading
             self._pub("meter", dumps({"ts": st.board.unix_time(), "connector": c.id,
                                       "v": v, "i": i, "p_w": p_w, "e_wh": e_wh,
                                       "f_hz": f_hz}), False, 0)

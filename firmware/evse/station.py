@@ -3,7 +3,7 @@
 import sys
 
 from evse import VERSION
-from evse.compat import const, ticks_diff, ticks_ms
+from evse.compat import const, ticks_diff, ticks_ms, ticks_us
 from evse.config import Config
 from evse.connector import CLEAR_UNPLUG, Connector
 from evse.events import Events
@@ -46,6 +46,12 @@ class Station:
             Connector(i + 1, hal, self.cfg, self.events) for i, hal in enumerate(board.connectors)
         ]
         self.link = None
+        self.bus = None
+        self.meters = [None] * len(self.connectors)
+        try:
+            self._build_meters()
+        except (ValueError, OSError) as e:
+            self.events.add("error", "PowerMeterFailure", 0, "meter setup: %s" % e)
         self.boot_ms = ticks_ms()
         self.loop_max_gap_ms = 0
         self.loop_count = 0
@@ -53,6 +59,60 @@ class Station:
         now = self.boot_ms
         for c in self.connectors:
             c.rcd.start(now)  # self-test the residual-current detector before any charge
+
+    def _build_meters(self):
+        """One Modbus bus (UART or TCP gateway); connector n's meter at slave meter.slave+n-1."""
+        from evse import meters, modbus
+
+        cfg = self.cfg
+        name = cfg["meter.profile"]
+        if name == "none":
+            return
+        profile = meters.custom_profile(cfg["meter.custom"]) if name == "custom" else (
+            meters.PROFILES[name])
+        transport = getattr(self.board, "meter_transport", None) or cfg["meter.transport"]
+        if transport.startswith("tcp:"):
+            from evse.tcpport import TcpPort
+
+            host, _, port = transport[4:].rpartition(":")
+            uart = TcpPort(host, int(port))
+        elif transport == "uart":
+            uart = self.board.uart
+        else:
+            raise ValueError("meter.transport must be uart or tcp:HOST:PORT")
+        if uart is None:
+            return
+        baud = cfg["meter.baud"] or profile[2]
+        parity = cfg["meter.parity"] or meters.PARITY.get(name, "none")
+        if hasattr(uart, "init"):
+            uart.init(baudrate=baud, bits=8, parity={"none": None, "even": 0, "odd": 1}[parity],
+                      stop=1)
+        self.bus = modbus.Bus(uart, baud)
+        for k in range(len(self.connectors)):
+            self.meters[k] = meters.Meter(self.bus, cfg["meter.slave"] + k, profile, name)
+
+    def _meter_policy(self, now):
+        """meter_fail_s without a valid reading: PowerMeterFailure; with meter_loss=suspend
+        the connector stops charging (billing impossible) until the meter answers again."""
+        fail_ms = self.cfg["meter_fail_s"] * 1000
+        for k, m in enumerate(self.meters):
+            if m is None:
+                continue
+            m.poll(now)
+            c = self.connectors[k]
+            since = self.boot_ms if m.ok_ms is None else m.ok_ms
+            failed = ticks_diff(now, since) > fail_ms
+            if failed != c.meter_failed:
+                c.meter_failed = failed
+                if failed:
+                    self.events.add("error", "PowerMeterFailure", c.id,
+                                    "no valid reading for %d s" % self.cfg["meter_fail_s"])
+                else:
+                    self.events.add("info", "PowerMeterOk", c.id, "readings again")
+            if failed and self.cfg["meter_loss"] == "suspend":
+                c.limits.set("meter", 0.0)
+            else:
+                c.limits.clear("meter")
 
     @property
     def station_id(self):
@@ -104,6 +164,12 @@ class Station:
         except Exception as e:  # noqa: BLE001 - a sensor fault must not stop the pilot
             self._internal_error(None, now, e)
             self.limits.set("thermal", 0.0)
+        if self.bus is not None:
+            try:
+                self.bus.step(ticks_us())
+                self._meter_policy(now)
+            except Exception as e:  # noqa: BLE001 - a meter bug must not stop the pilot
+                self._internal_error(None, now, e)
         stop = self.thermal.level == STOP
         for c in self.connectors:
             try:
@@ -163,7 +229,7 @@ class Station:
             "connectors": len(self.connectors),
             "phases": self.cfg["phases"],
             "max_current_a": float(self.board.max_current_a),
-            "meter": getattr(getattr(self.board.connectors[0], "meter", None), "name", None),
+            "meter": self.meters[0].name if self.meters and self.meters[0] else None,
             "rfid": False,
         }
 

@@ -1,0 +1,108 @@
+"""The simulated meters on the station's RS-485 line: SDM630-like slaves (connector n at
+address n) that parse real RTU request frames and answer with real RTU frames, delivered
+after their wire time at the line's baud rate (8N1 + the slave's turnaround)."""
+
+import random
+import struct
+
+TURNAROUND_S = 0.005  # the slave's think time between request and response
+
+
+def crc16(data):
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def with_crc(body):
+    c = crc16(body)
+    return bytes(body) + bytes((c & 0xFF, c >> 8))
+
+
+class Line:
+    """Bytes the slaves put on the line, each frame released at its due time (us)."""
+
+    def __init__(self, world):
+        self.w = world
+        self.baud = 9600
+        self.pending = []  # (due_us, bytes)
+        self.rng = random.Random(4711)
+        self.requests = 0
+
+    def char_us(self):
+        return 10 * 1_000_000 // self.baud
+
+    def write(self, t, data):
+        self.requests += 1
+        reply = self.answer(data)
+        if reply is None:
+            return
+        due = t + (len(data) + len(reply)) * self.char_us() + int(TURNAROUND_S * 1e6)
+        self.pending.append((due, reply))
+
+    def read(self, t):
+        out = bytearray()
+        keep = []
+        for due, b in self.pending:
+            if due <= t:
+                out += b
+            else:
+                keep.append((due, b))
+        self.pending = keep
+        return bytes(out)
+
+    def registers(self, conn):
+        """SDM630 input registers (float32 big-endian) driven by the EV's draw."""
+        conn.accrue(self.w.now())
+        v = 230.0
+        regs = {}
+
+        def put(addr, val):
+            hi, lo = struct.unpack(">HH", struct.pack(">f", val))
+            regs[addr] = hi
+            regs[addr + 1] = lo
+
+        for k in range(3):
+            put(0x00 + 2 * k, v)
+            put(0x06 + 2 * k, conn.ev_i[k])
+        put(0x34, sum(conn.ev_i) * v)
+        put(0x46, 50.0)
+        put(0x48, int(conn.energy_wh) / 1000.0)
+        return regs
+
+    def answer(self, req):
+        if len(req) < 4 or crc16(req[:-2]) != req[-2] | (req[-1] << 8):
+            return None  # a slave ignores a frame with a bad CRC
+        slave, fc = req[0], req[1]
+        conn = self.w.conns.get(slave)
+        if conn is None:
+            return None
+        faults = self.w.faults[slave]
+        if faults["meter_down"]:
+            return None
+        if fc != 4:
+            reply = with_crc(bytes((slave, fc | 0x80, 1)))
+        else:
+            addr = (req[2] << 8) | req[3]
+            count = (req[4] << 8) | req[5]
+            if not 1 <= count <= 80:
+                reply = with_crc(bytes((slave, 0x84, 3)))
+            elif addr + count > 0x200:
+                reply = with_crc(bytes((slave, 0x84, 2)))
+            else:
+                regs = self.registers(conn)
+                body = bytearray((slave, 4, 2 * count))
+                for a in range(addr, addr + count):
+                    body += struct.pack(">H", regs.get(a, 0))
+                reply = with_crc(body)
+        if faults["meter_garbage"]:
+            # A noisy line: flipped bits (CRC errors) or stray bytes in place of a frame.
+            reply = bytearray(reply)
+            if self.rng.random() < 0.5:
+                reply[self.rng.randrange(len(reply))] ^= 1 << self.rng.randrange(8)
+            else:
+                reply = bytes(self.rng.randrange(256) for _ in range(self.rng.randint(1, 9)))
+        return bytes(reply)
