@@ -48,7 +48,7 @@ class Station:
     """A simulated station process (its own process group, so kill() is a power cut)."""
 
     def __init__(self, state_dir=None, broker=None, station_id="CP1", connectors=1,
-                 heapsize=None, config=(), ready_timeout=20.0, quiet=True):
+                 heapsize=None, config=(), ready_timeout=20.0, quiet=True, meter=None):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="evse-state-")
         self.id = station_id
         s = socket.socket()
@@ -62,6 +62,8 @@ class Station:
             cmd += ["--broker", broker]
         if heapsize:
             cmd += ["--heapsize", heapsize]
+        if meter:  # "tcp:HOST:PORT": a Modbus RTU gateway instead of the built-in meter
+            cmd += ["--meter", meter]
         for kv in config:
             cmd += ["--config", kv]
         self.stderr_path = os.path.join(self.state_dir, "sim.stderr")
