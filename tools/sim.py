@@ -10,6 +10,7 @@ import socket
 import socketserver
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -41,6 +42,7 @@ class Runner:
         self.stopping = False
         self.ready_printed = False
         self.boots = 0
+        self._config_file = None
         self._lock = threading.Lock()
         os.makedirs(args.state_dir, exist_ok=True)
 
@@ -142,8 +144,14 @@ class Runner:
         if a.broker:
             cmd += ["--broker", a.broker]
         cmd += ["--meter", a.meter]
-        for kv in a.config or ():
-            cmd += ["--config", kv]
+        if a.config:
+            # In a file, not as arguments: the unix port aborts on an argument over 255 bytes
+            # (a long meter.custom map would never boot).
+            if self._config_file is None:
+                fd, self._config_file = tempfile.mkstemp(prefix="evse-config-", suffix=".txt")
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join(a.config) + "\n")
+            cmd += ["--config-file", self._config_file]
         return cmd
 
     def _env(self):
@@ -185,6 +193,11 @@ class Runner:
                 p.kill()
         self.world.board_reset()
         self.world.stop()
+        if self._config_file:
+            try:
+                os.unlink(self._config_file)
+            except OSError:
+                pass
         sys.exit(0)
 
 

@@ -171,6 +171,9 @@ class Board:
             host, _, port = b.rpartition(":")
             self.broker = (host, int(port))
         self.config_overrides = opts["config"]
+        if "config-file" in opts:
+            with open(opts["config-file"]) as f:
+                self.config_overrides += [ln for ln in f.read().split("\n") if ln]
         self.uart = SimUart(self._w)
         m = opts.get("meter", "sim")
         self.meter_transport = m if m.startswith("tcp:") else None

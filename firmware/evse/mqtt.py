@@ -23,6 +23,7 @@ _CONNECT_TIMEOUT_MS = const(5000)
 _CLOSE_TIMEOUT_MS = const(1000)
 _STALL_TIMEOUT_MS = const(5000)  # outbox not draining, or a packet half received
 _OUTBOX_BYTES = const(8192)
+_OUT_HIGH = const(4096)  # stop taking new packets in above this (back-pressure)
 _INBOX_BYTES = const(2048)  # the largest packet we accept; bigger ones are skipped
 _RECV_CHUNK = const(512)
 _RECV_PER_POLL = const(2)
@@ -263,8 +264,13 @@ class Client:
 
     def _recv(self, now):
         # At most a few chunks per poll: a flood of commands is worked off over several
-        # loop iterations instead of stalling one.
+        # loop iterations instead of stalling one. While the outbox is half full we stop
+        # reading (back-pressure through TCP) instead of dropping replies.
+        if self._in_len and not self._skip:
+            self._parse(now)  # packets held back by back-pressure last time
         for _ in range(_RECV_PER_POLL):
+            if len(self._out) > _OUT_HIGH:
+                return
             if self._skip:
                 # Discard into the free end of the inbox (it is empty while skipping).
                 n = self._read(self._mv[: min(self._skip, _RECV_CHUNK)])
@@ -296,7 +302,7 @@ class Client:
 
     def _parse(self, now):
         buf = self._in
-        while self._in_len >= 2:
+        while self._in_len >= 2 and len(self._out) <= _OUT_HIGH:
             # Remaining length: up to 4 bytes of 7 bits.
             n = 0
             shift = 0

@@ -77,7 +77,7 @@ class Station:
             host, _, port = transport[4:].rpartition(":")
             uart = TcpPort(host, int(port))
         elif transport == "uart":
-            uart = self.board.uart
+            uart = getattr(self.board, "uart", None)
         else:
             raise ValueError("meter.transport must be uart or tcp:HOST:PORT")
         if uart is None:
