@@ -8,7 +8,7 @@ from scenario import charging
 
 
 def test_meter_values_follow_the_ev(tmp_path):
-    be = Backend(tmp_path, config=["meter_interval_s=1"])
+    be = Backend(tmp_path, config=["meter_interval_s=1", "status_interval_s=5"])
     try:
         be.st.op("meter", energy_wh=1234567)
         charging(be.st)
@@ -21,6 +21,9 @@ def test_meter_values_follow_the_ev(tmp_path):
         assert m2["e_wh"] - m["e_wh"] < 11040 * 10
         d = be.cmd("diag")["data"]["modbus"]
         assert d["ok"] > 0 and d["crc"] == 0 and d["timeout"] == 0
+        # Status carries this plug-in's energy: the register difference since plug-in.
+        s = be.status(lambda c: c.get("energy_wh", 0) > 20000, timeout=8)
+        assert s["connectors"][0]["energy_wh"] < m2["e_wh"] - 1234567 + 11040 * 10
     finally:
         be.stop()
 

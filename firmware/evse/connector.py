@@ -70,6 +70,7 @@ class Connector:
         self.state = "Available"
         self.thermal_stop = False
         self.meter_failed = False
+        self.plug_start_wh = None  # meter register at plug-in (for status energy_wh)
 
     # -- outputs -------------------------------------------------------------------------
     def _set_contactor(self, on, now):

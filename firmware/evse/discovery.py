@@ -51,7 +51,7 @@ def configs(station, base):
             "state_class": "measurement",
         })
         ent("sensor", "energy", {
-            "name": "Connector %d session energy" % n,
+            "name": "Connector %d session energy" % n,  # energy since plug-in
             "state_topic": base + "/status",
             "value_template": "{{ %s.energy_wh | default(0) }}" % sel,
             "unit_of_measurement": "Wh",

@@ -109,6 +109,11 @@ class Station:
                                     "no valid reading for %d s" % self.cfg["meter_fail_s"])
                 else:
                     self.events.add("info", "PowerMeterOk", c.id, "readings again")
+            # Energy of this plug-in (register difference), until sessions own it.
+            if c.cp == "A":
+                c.plug_start_wh = None
+            elif c.plug_start_wh is None and m.reading is not None:
+                c.plug_start_wh = m.reading[3]
             if failed and self.cfg["meter_loss"] == "suspend":
                 c.limits.set("meter", 0.0)
             else:
@@ -208,6 +213,9 @@ class Station:
                     "error": c.error,
                 }
             )
+            m = self.meters[c.id - 1]
+            if m is not None and m.reading is not None and c.plug_start_wh is not None:
+                conns[-1]["energy_wh"] = m.reading[3] - c.plug_start_wh  # extension
         return {
             "ts": self.board.unix_time(),
             "uptime_s": ticks_diff(now, self.boot_ms) // 1000,
