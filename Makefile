@@ -52,12 +52,12 @@ mpy: venv
 bench: venv libs broker
 	$(BIN)/python tools/bench.py
 
-# Copy firmware, the chosen board and the MicroPython libraries to a board over USB serial.
-# (umqtt.simple is fetched into lib/ as the reference our MQTT client is checked against in
-# the tests; the firmware itself uses its own non-blocking client, evse/mqtt.py.)
-deploy: venv libs
+# Copy firmware (compiled to .mpy: a board then needs no RAM to compile it), the chosen
+# board and ulogging to a board over USB serial. For production, freeze instead
+# (boards/<name>/manifest.py): frozen bytecode runs from flash and saves most of the heap.
+deploy: mpy libs
 	$(BIN)/mpremote connect $(PORT) fs mkdir :evse || true
-	$(BIN)/mpremote connect $(PORT) fs cp firmware/evse/*.py :evse/ + \
+	$(BIN)/mpremote connect $(PORT) fs cp build/firmware/evse/*.mpy :evse/ + \
 	  fs cp lib/ulogging.py :ulogging.py + \
 	  $(foreach f,$(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py)),fs cp $(f) : +) \
 	  fs cp firmware/main.py :main.py + reset

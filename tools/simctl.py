@@ -48,7 +48,8 @@ class Station:
     """A simulated station process (its own process group, so kill() is a power cut)."""
 
     def __init__(self, state_dir=None, broker=None, station_id="CP1", connectors=1,
-                 heapsize=None, config=(), ready_timeout=20.0, quiet=True, meter=None):
+                 heapsize=None, config=(), ready_timeout=20.0, quiet=True, meter=None,
+                 firmware=None):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="evse-state-")
         self.id = station_id
         s = socket.socket()
@@ -62,6 +63,8 @@ class Station:
             cmd += ["--broker", broker]
         if heapsize:
             cmd += ["--heapsize", heapsize]
+        if firmware:
+            cmd += ["--firmware", firmware]
         if meter:  # "tcp:HOST:PORT": a Modbus RTU gateway instead of the built-in meter
             cmd += ["--meter", meter]
         for kv in config:

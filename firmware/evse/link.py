@@ -42,7 +42,8 @@ class Link:
         self._ssl_factory = ssl_factory  # (cfg) -> SSLContext; from main.py (board-neutral)
         self._discovery = discovery  # (station, base) -> [(topic, payload)], optional
         self.api = Api(station, self)
-        self.client = None
+        # Built once, at boot: its buffers are taken before the heap fragments.
+        self.client = Client(station.station_id, 60, self._on_message)
         self.base = None
         self._host = None
         self._retry_ms = None
@@ -183,9 +184,7 @@ class Link:
         if cfg["mqtt.tls"] and self._ssl_factory is not None:
             ctx = self._ssl_factory(st)
         c = self.client
-        if c is None or c.ssl_context is not ctx:
-            c = Client(st.station_id, cfg["mqtt.keepalive_s"], self._on_message, ctx)
-            self.client = c
+        c.ssl_context = ctx
         c.client_id = st.station_id
         c.keepalive_s = cfg["mqtt.keepalive_s"]
         c.set_last_will(self.base + "/online", "offline", True, 1)

@@ -9,8 +9,8 @@ format but runs as a state machine: poll() advances it, with a deadline on every
 
 import errno
 import select
-import socket
 
+from evse import sock
 from evse.compat import const, ticks_diff
 
 DISCONNECTED = const(0)
@@ -28,7 +28,7 @@ _INBOX_BYTES = const(2048)  # the largest packet we accept; bigger ones are skip
 _RECV_CHUNK = const(512)
 _RECV_PER_POLL = const(2)
 
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, 119)  # 119: EINPROGRESS on lwIP
+_IN_PROGRESS = sock.IN_PROGRESS
 
 
 def _varlen(n):
@@ -95,15 +95,7 @@ class Client:
         """Start connecting; poll() finishes the job (or fails it by the deadline)."""
         self.close()
         self.error = None
-        ai = socket.getaddrinfo(host, port)[0]
-        s = socket.socket(ai[0], socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.args[0] not in _IN_PROGRESS:
-                s.close()
-                raise
+        s = sock.connect(host, port)
         self._sock = s
         self._poller = select.poll()
         self._poller.register(s, select.POLLOUT | select.POLLIN)

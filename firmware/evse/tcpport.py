@@ -1,13 +1,11 @@
 """Modbus RTU frames over TCP (a serial-to-Ethernet gateway): a non-blocking stand-in for
 machine.UART with the same write/any/readinto calls the Bus uses."""
 
-import errno
-import socket
-
+from evse import sock
 from evse.compat import const
 
 _RX_BYTES = const(512)
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, 119)
+_IN_PROGRESS = sock.IN_PROGRESS
 
 
 class TcpPort:
@@ -20,16 +18,7 @@ class TcpPort:
         self.connects = 0
 
     def _open(self):
-        ai = socket.getaddrinfo(self.host, self.port)[0]
-        s = socket.socket(ai[0], socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.args[0] not in _IN_PROGRESS:
-                s.close()
-                raise
-        self._sock = s
+        self._sock = sock.connect(self.host, self.port)
         self.connects += 1
 
     def _drop(self):
