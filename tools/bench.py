@@ -266,6 +266,16 @@ def link_conditions():
         hb.stop()
     b = Broker()
     st = Station(broker="127.0.0.1:%d" % b.port)
+
+    def restart():
+        port = b.port
+        b.proc.kill()
+        b.proc.wait()
+        time.sleep(1)
+        restart.b2 = Broker(port=port)
+        time.sleep(4)
+
+    restart.b2 = None
     try:
         def flood():
             import paho.mqtt.client as mqtt
@@ -281,20 +291,12 @@ def link_conditions():
 
         measure("flood 1000 cmds / 1 s", st, flood)
 
-        def restart():
-            port = b.port
-            b.proc.kill()
-            b.proc.wait()
-            time.sleep(1)
-            b2 = Broker(port=port)
-            restart.b2 = b2
-            time.sleep(4)
-
         measure("broker killed + restarted", st, restart)
-        restart.b2.stop()
     finally:
         st.stop()
         b.stop()
+        if getattr(restart, "b2", None) is not None:
+            restart.b2.stop()
     return out
 
 
