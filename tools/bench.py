@@ -90,7 +90,8 @@ def reactions(trials):
                 _charge(st)
             out[name] = ms
         stats = st.op("stats")
-        gap = (stats["loop_max_gap_us"] / 1000.0, stats["loop_gaps_over_10ms"], stats["samples"])
+        gap = (stats["loop_max_gap_us"] / 1000.0, stats["loop_gaps_over_10ms"], stats["samples"],
+               stats["fw_loop_max_gap_ms"])
     finally:
         st.stop()
     return out, gap
@@ -249,8 +250,8 @@ def link_conditions():
             ms.append(_reaction(st, n, "cp", "B"))
             st.op("ev", request=True)
             _charge(st)
-        gap = st.op("stats")["loop_max_gap_us"] / 1000
-        out.append((name, max(ms), gap))
+        stats = st.op("stats")
+        out.append((name, max(ms), stats["loop_max_gap_us"] / 1000, stats["fw_loop_max_gap_ms"]))
 
     st = Station(broker="127.0.0.1:%d" % free_port())
     try:
@@ -341,8 +342,8 @@ def main(argv=None):
         print("  %-22s %8.1f %8.1f %8.1f" % (name, statistics.median(ms), pct(ms, 95), max(ms)))
     print("  limit (IEC 61851-1 Table A.6): 100 ms; goal: <= 20 ms max")
     print(
-        "Control loop (period 5 ms): largest gap between iterations %.1f ms; "
-        "%d of %d gaps over 10 ms" % gap
+        "Control loop (period 5 ms): largest gap between iterations %.1f ms as the world saw "
+        "it (%d of %d gaps over 10 ms); %d ms as the firmware measured it since boot" % gap
     )
 
     if not a.skip_heap:
@@ -356,9 +357,12 @@ def main(argv=None):
 
     if not a.skip_link:
         print("Link conditions (10 C->B trials each while charging)")
-        print("  %-28s %12s %16s" % ("condition", "C->B max ms", "loop max gap ms"))
-        for name, ms, gap in link_conditions():
-            print("  %-28s %12.1f %16.1f" % (name, ms, gap))
+        print("  %-28s %12s %14s %14s" % ("condition", "C->B max ms", "gap world ms",
+                                           "gap fw ms"))
+        for name, ms, gap, fw in link_conditions():
+            print("  %-28s %12.1f %14.1f %14d" % (name, ms, gap, fw))
+        print("  (world: between pilot samples seen by the runner, includes host scheduling;"
+              " fw: the firmware's own loop timer, max since boot)")
         print("  goals: C->B <= 100 ms, loop gap <= 50 ms")
         bw = bandwidth()
         cfg = bw["cfg"]

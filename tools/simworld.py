@@ -226,6 +226,7 @@ class World:
         self.sample_max_gap_us = 0
         self.samples = 0
         self.sample_gaps_over_10ms = 0
+        self.fw_loop_max_gap_ms = 0
         self.hang_s = 0.0
         from simmeter import Line
 
@@ -330,6 +331,9 @@ class World:
                 return None
             if op == "T":
                 self.conns[int(f[1])].set_rcd_test(t, f[2] == "1")
+                return None
+            if op == "G":
+                self.fw_loop_max_gap_ms = max(self.fw_loop_max_gap_ms, int(f[1]))
                 return None
             if op == "U":
                 self.line.write(t, bytes.fromhex(f[1]))
@@ -505,6 +509,7 @@ class World:
             "loop_gaps_over_10ms": self.sample_gaps_over_10ms,
             "samples": self.samples,
             "meter_requests": self.line.requests,
+            "fw_loop_max_gap_ms": self.fw_loop_max_gap_ms,
             "now_us": t,
         }
         if req.get("reset"):

@@ -188,6 +188,10 @@ class Board:
     def led(self, state):
         pass
 
+    def loop_gap(self, ms):
+        """A new largest gap between control-loop iterations, as the firmware measured it."""
+        self._w.send(b"G %d\n" % ms)
+
     def ready(self):
         self._w.send(b"U\n")
 

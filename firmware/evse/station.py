@@ -245,6 +245,7 @@ class Station:
         """The control loop. Never returns except by reset."""
         board = self.board
         wdt = board.wdt(_WDT_MS)
+        report_gap = getattr(board, "loop_gap", None)
         last = ticks_ms()
         first = True
         while True:
@@ -253,6 +254,8 @@ class Station:
             last = now
             if gap > self.loop_max_gap_ms and not first:
                 self.loop_max_gap_ms = gap
+                if report_gap is not None:
+                    report_gap(gap)  # the sim reports it next to the world-side figure
             self.step(now)
             self.loop_count += 1
             if link is not None:
