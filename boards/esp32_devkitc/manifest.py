@@ -28,9 +28,6 @@ module("net.py")
 # stated here so the dependency is explicit.
 require("ntptime")
 
-# MQTT client from micropython-lib. The port manifest already has it; stated here so the
-# dependency is explicit (the build ignores the repeat).
-require("umqtt.simple")
 
 # main.py imports `ulogging` (the pinned micropython-ulogging that `make libs` fetches);
 # micropython-lib's require("logging") provides `logging` instead, so freeze the pinned file.
