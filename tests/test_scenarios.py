@@ -221,15 +221,17 @@ def test_config_survives_power_cut(stations, tmp_path):
     assert st2.wait_for(lambda s: s["offered_a"] > 0)["offered_a"] == 16.0
 
 
-def test_contactor_forced_off_at_boot_even_with_ev_waiting(stations, tmp_path):
-    st = stations(state_dir=str(tmp_path))
+def test_contactor_forced_off_first_at_every_boot(stations):
+    st = stations(connectors=2)
+    assert st.op("stats")["boot_commands"][0][:2] == ["K 1 0", "K 2 0"]
     charging(st)
-    st.kill()
-    st2 = stations(state_dir=str(tmp_path), config=[])
-    evs = st2.ctl.events()
-    # The world is new after a power cut; the firmware's first command is contactor off.
-    first = [e for e in evs if e["what"] == "contactor"]
-    assert first == [] or first[0]["value"] is False
+    st.op("hang", s=6)  # watchdog reset while charging, the EV still asking
+    st.wait_for(lambda s: not s["contactor"], timeout=6)
+    st.wait_for(lambda s: s["contactor"], timeout=10, what="charging after reboot")
+    boots = st.op("stats")["boot_commands"]
+    assert len(boots) == 2
+    # Before any pilot sample or output: every contactor commanded off.
+    assert boots[1][:2] == ["K 1 0", "K 2 0"]
 
 
 def test_control_port_rejects_garbage(stations):

@@ -64,9 +64,13 @@ class Runner:
     def _fw_conn(self, conn):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = conn.makefile("rb")
+        first = []  # the firmware's first commands after this boot, for the boot-order test
+        self.world.boot_commands.append(first)
         try:
             for raw in f:
                 line = raw.decode("ascii", "replace")
+                if len(first) < 4:
+                    first.append(line.strip())
                 if line == "U\n":  # the firmware's first loop ran
                     self._ready()
                     continue

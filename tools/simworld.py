@@ -227,6 +227,7 @@ class World:
         self.samples = 0
         self.sample_gaps_over_10ms = 0
         self.fw_loop_max_gap_ms = 0
+        self.boot_commands = []  # per firmware boot: its first few commands (extension)
         self.hang_s = 0.0
         from simmeter import Line
 
@@ -510,6 +511,7 @@ class World:
             "samples": self.samples,
             "meter_requests": self.line.requests,
             "fw_loop_max_gap_ms": self.fw_loop_max_gap_ms,
+            "boot_commands": self.boot_commands,
             "now_us": t,
         }
         if req.get("reset"):

@@ -26,6 +26,3 @@ class Events:
 
     def pop(self):
         return self._q.pop(0) if self._q else None
-
-    def __len__(self):
-        return len(self._q)

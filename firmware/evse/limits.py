@@ -24,6 +24,9 @@ class Limits:
         self._by = {}  # source -> (amps, expires_ms or None)
 
     def set(self, source, amps, expires_ms=None):
+        e = self._by.get(source)
+        if e is not None and e[0] == amps and e[1] == expires_ms:
+            return  # called every control loop: no new tuple when nothing changed
         if source not in SOURCES:
             raise ValueError(source)
         self._by[source] = (amps, expires_ms)

@@ -109,11 +109,7 @@ class Client:
     def close(self, error=None):
         if error is not None and self.error is None:
             self.error = error
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
+        sock.close(self._sock)
         self._sock = None
         self._poller = None
         self._out = bytearray()
@@ -229,14 +225,9 @@ class Client:
             return
         for _ in range(_RECV_PER_POLL):
             try:
-                n = self._sock.readinto(self._mv)
-            except OSError as e:
-                if e.args[0] in _IN_PROGRESS:
+                if self._read(self._mv) is None:
                     return
-                raise
-            if n is None:
-                return
-            if n == 0:
+            except MQTTError:
                 self.close()  # the broker closed its side: done
                 return
 

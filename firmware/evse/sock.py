@@ -7,6 +7,15 @@ import socket
 IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, 119)
 
 
+def close(s):
+    """Close, ignoring the errors of an already broken socket."""
+    if s is not None:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
 def connect(host, port):
     """A socket whose connect has been started without waiting for it to finish.
     Name resolution (getaddrinfo) may still block: use an IP address where that matters."""

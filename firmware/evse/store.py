@@ -4,14 +4,6 @@ import json
 import os
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 class Store:
     """Files under one root; writes are atomic (temp file, flush, rename)."""
 
@@ -20,9 +12,6 @@ class Store:
 
     def path(self, name):
         return self.root + "/" + name
-
-    def exists(self, name):
-        return _exists(self.path(name))
 
     def read_json(self, name):
         """The decoded file, None if absent. Raises ValueError if it is corrupt."""

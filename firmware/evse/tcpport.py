@@ -22,11 +22,7 @@ class TcpPort:
         self.connects += 1
 
     def _drop(self):
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
+        sock.close(self._sock)
         self._sock = None
         self._n = 0
 
