@@ -3,6 +3,10 @@
 import board  # first: the board forces every contactor off before anything else runs
 
 _board = board.Board()
+station = None  # the running Station; reachable at the REPL after Ctrl-C
+# Flag file on flash: skip starting the station for one boot, so a technician gets a REPL
+# without the watchdog (which, once started, cannot be stopped on the ESP32).
+_NOMAIN = _board.fs.rstrip("/") + "/nomain"
 
 
 def _logger():
@@ -21,14 +25,43 @@ def _logger():
 
 
 def main():
-    from evse.station import Station, parse_overrides
+    global station
+    from evse import discovery, tls
+    from evse.config import parse_overrides
+    from evse.link import Link
+    from evse.station import Station
 
     log = _logger()
-    st = Station(_board, log, parse_overrides(getattr(_board, "config_overrides", None)))
-    from evse import discovery, tls
-    from evse.link import Link
-
-    st.run(Link(st, log, tls.context, discovery.configs))
+    station = Station(_board, log, parse_overrides(_board.config_overrides),
+                      _board.config_pinned)
+    station.run(Link(station, log, tls.context, discovery.configs))
 
 
-main()
+def _service_boot():
+    """The flag (consumed: the next reset charges again) or the board's own escape."""
+    import os
+
+    try:
+        os.remove(_NOMAIN)
+        return True
+    except OSError:
+        return _board.boot_escape()
+
+
+if _service_boot():
+    print("service: station not started, no watchdog. machine.reset() starts it again.")
+else:
+    try:
+        try:
+            main()
+        finally:
+            _board.safe()  # every way out of the loop (exception, Ctrl-C, exit): outputs safe
+    except KeyboardInterrupt:
+        # Ctrl-C on the serial console. The watchdog resets the board within 2 s; the flag
+        # makes that boot stop at the REPL, once.
+        try:
+            with open(_NOMAIN, "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+        print("service: outputs safe; after the watchdog reset the board stays at the REPL")

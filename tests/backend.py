@@ -1,13 +1,14 @@
 """A test backend: a real mosquitto, one simulated station on it, and an MQTT client that
-sends commands and collects what the station publishes."""
+sends commands and collects what the station publishes.
+
+Checks about the effect of an action look only at messages after a mark taken before it:
+`m = be.mark(); act(); be.status(pred, since=m)`. cmd() takes its own mark."""
 
 import itertools
 import json
-import time
 
-import paho.mqtt.client as mqtt
 from broker import Broker
-from mqttc import Collector
+from mqttc import Collector, retained
 from simctl import Station
 
 BASE = "evse/evse-435031"
@@ -29,47 +30,56 @@ class Backend:
     def start_station(self, **kw):
         args = dict(self.kw)
         args.update(kw)
+        m = self.mark()
         self.st = Station(state_dir=str(self.tmp), broker="127.0.0.1:%d" % self.broker.port,
                           config=self.config, **args)
-        self.mq.wait(lambda m: m[0] == BASE + "/online" and m[1] == b"online", what="online")
+        self.wait_online(since=m)
         return self.st
 
-    def publish(self, topic, payload, qos=1):
+    def mark(self):
+        return self.mq.mark()
+
+    def wait_online(self, since, timeout=15.0):
+        return self.mq.wait(lambda m: m[0] == BASE + "/online" and m[1] == b"online",
+                            since=since, timeout=timeout, what="online")
+
+    def publish(self, topic, payload, qos=1, retain=False):
         if isinstance(payload, (dict, list)):
             payload = json.dumps(payload)
-        self.mq.c.publish(topic, payload, qos=qos).wait_for_publish(5)
+        self.mq.c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
-    def cmd(self, name, timeout=5.0, **args):
-        """Send a command, return its reply."""
-        rid = "t%d" % next(self._rid)
+    def send(self, name, rid=None, **args):
+        """Publish a command without waiting; returns its rid."""
+        rid = rid or "t%d" % next(self._rid)
         body = {"rid": rid, "cmd": name}
         body.update(args)
         self.publish(BASE + "/cmd", body)
-        return self.reply(rid, timeout)
+        return rid
 
-    def reply(self, rid, timeout=5.0):
-        return self.mq.wait_json("/reply", lambda d: d.get("rid") == rid, timeout)
+    def cmd(self, name, timeout=5.0, **args):
+        """Send a command, return its reply."""
+        m = self.mark()
+        rid = self.send(name, **args)
+        return self.reply(rid, since=m, timeout=timeout)
 
-    def status(self, pred=lambda c: True, timeout=5.0, since=0):
-        """The first status (after message index since) whose connector 1 matches pred."""
-        def match(m):
-            if not m[0].endswith("/status"):
-                return False
-            return pred(json.loads(m[1])["connectors"][0])
+    def reply(self, rid, *, since, timeout=5.0):
+        return self.mq.wait_json("/reply", lambda d: d.get("rid") == rid, since=since,
+                                 timeout=timeout)
 
-        end = time.monotonic() + timeout
-        while True:
-            for m in self.mq.msgs[since:]:
-                if match(m):
-                    return json.loads(m[1])
-            if time.monotonic() > end:
-                raise AssertionError("no matching status in %r" % [
-                    json.loads(m[1])["connectors"][0] for m in self.mq.msgs
-                    if m[0].endswith("/status")][-5:])
-            time.sleep(0.02)
+    def event(self, code, *, since, pred=lambda d: True, timeout=5.0):
+        return self.mq.wait_json("/event", lambda d: d["code"] == code and pred(d),
+                                 since=since, timeout=timeout)
 
-    def mark(self):
-        return len(self.mq.msgs)
+    def status(self, pred=lambda c: True, *, since, timeout=5.0, connector=1):
+        """The first status after `since` whose connector matches pred."""
+        return self.mq.wait_json(
+            "/status", lambda d: pred(d["connectors"][connector - 1]), since=since,
+            timeout=timeout)
+
+    def retained(self, sub, timeout=3.0):
+        """The retained payload a fresh subscriber gets on <base>/<sub> (None if none)."""
+        got = retained(self.broker.port, BASE + "/" + sub, timeout, first=True)
+        return got[0][1] if got else None
 
     def stop(self):
         if self.st:
@@ -77,19 +87,3 @@ class Backend:
         self.mq.stop()
         if self.own_broker:
             self.broker.stop()
-
-
-def retained(port, topic, timeout=3.0):
-    """What a fresh subscriber gets as the retained message on topic."""
-    got = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.on_message = lambda cl, u, m: got.append((m.payload, m.retain))
-    c.connect("127.0.0.1", port)
-    c.subscribe(topic, 1)
-    c.loop_start()
-    end = time.monotonic() + timeout
-    while not got and time.monotonic() < end:
-        time.sleep(0.02)
-    c.loop_stop()
-    c.disconnect()
-    return got[0] if got else None

@@ -1,5 +1,7 @@
 """A tiny in-process board for CPython unit tests of the core (no timing, no sockets)."""
 
+from evse.hal import BoardBase
+
 LEVEL_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000, "E": 0}
 
 
@@ -77,7 +79,7 @@ class FakeWdt:
         pass
 
 
-class FakeBoard:
+class FakeBoard(BoardBase):
     name = "fake"
     max_current_a = 32.0
     phases = 3

@@ -2,10 +2,10 @@
 
 A pymodbus server speaks Modbus RTU on a TCP socket (a serial-to-Ethernet gateway) and holds
 the registers of one meter at slave 1. For every profile the registers are filled by an
-encoder written here from the standards digest §5 (not from evse.meters), a fresh simulated
+encoder written here from docs/standards.md §5 (not from evse.meters), a fresh simulated
 station reads them over `--meter tcp:HOST:PORT`, and its first <base>/meter message must carry
 exactly the values put in, after the link's rounding. The request frames are also compared
-byte for byte with the ones pymodbus's own RTU framer builds (digest §6)."""
+byte for byte with the ones pymodbus's own RTU framer builds (docs/standards.md §6)."""
 
 import asyncio
 import json
@@ -26,9 +26,9 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from evse import meters, modbus
 
 SLAVE = 1
-N_REGS = 0x6000  # covers ABB's 0x5B2C, the highest address in the digest's maps
+N_REGS = 0x6000  # covers ABB's 0x5B2C, the highest address in the published maps
 
-# -- the register maps, transcribed from digest §5 (independent of evse.meters) ----------------
+# -- the register maps, transcribed from docs/standards.md §5 (independent of evse.meters) ----------------
 # name: (function code, word order, {quantity: (address, type, scale)}). `scale` is a decimal
 # string: SI unit (V, A, W, Hz) per raw unit, and for "e" Wh per raw unit.
 _SDM_3P = {
@@ -36,7 +36,7 @@ _SDM_3P = {
     "i1": (0x06, "f32", "1"), "i2": (0x08, "f32", "1"), "i3": (0x0A, "f32", "1"),
     "p": (0x34, "f32", "1"), "f": (0x46, "f32", "1"), "e": (0x48, "f32", "1000"),  # kWh
 }
-DIGEST = {
+PUBLISHED_MAPS = {
     "sdm630": (4, "abcd", _SDM_3P),
     "sdm72d-m-v2": (4, "abcd", _SDM_3P),
     "sdm120": (4, "abcd", {
@@ -73,7 +73,7 @@ CUSTOM = {
         "p": [130, "s32", 0.1], "f": [140, "s16", 0.01], "e": [200, "f32", [1, 1]],
     },
 }
-DIGEST["custom"] = (CUSTOM["fc"], CUSTOM["order"], {
+PUBLISHED_MAPS["custom"] = (CUSTOM["fc"], CUSTOM["order"], {
     q: (a, t, "1" if q == "e" else repr(s)) for q, (a, t, s) in CUSTOM["regs"].items()})
 # The runner hands --config items to the MicroPython unix port on its command line, and that
 # port dies at startup ("FATAL: uncaught NLR") on any argument longer than 255 bytes (argv
@@ -140,7 +140,7 @@ def half_up(x, digits=0):
 
 def expected(name):
     """(registers {address: word}, expected meter message fields) for meter `name`."""
-    _fc, order, regs = DIGEST[name]
+    _fc, order, regs = PUBLISHED_MAPS[name]
     vals = physical(name)
     words = {}
     exact = {}
@@ -222,8 +222,8 @@ def _profile(name):
 NAMES = list(meters.PROFILES) + ["custom"]
 
 
-def test_digest_covers_every_profile():
-    assert set(DIGEST) == set(NAMES)
+def test_published_maps_cover_every_profile():
+    assert set(PUBLISHED_MAPS) == set(NAMES)
 
 
 def test_encoder_self_check():
@@ -240,7 +240,7 @@ def test_encoder_self_check():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_station_reads_meter(tmp_path, gateway, name):
-    fc, _order, _regs = DIGEST[name]
+    fc, _order, _regs = PUBLISHED_MAPS[name]
     words, want = expected(name)
     gateway.load(fc, words)
     assert gateway.read(fc, min(words), 2) == [words[min(words)], words[min(words) + 1]]

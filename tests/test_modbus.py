@@ -11,7 +11,7 @@ from evse import meters, modbus
 
 def test_crc_vectors():
     assert modbus.crc16(b"123456789") == 0x4B37
-    # Published SDM120 frame (digest §6): write 2.0 to holding 0x1C.
+    # Published SDM120 frame (docs/standards.md §6): write 2.0 to holding 0x1C.
     assert modbus.frame(1, 16, bytes.fromhex("001C0002044000 0000".replace(" ", ""))) == \
         bytes.fromhex("0110001C000204400000 00E736".replace(" ", ""))
 

@@ -1,5 +1,5 @@
 """Simulated charger runner: the unchanged firmware on the MicroPython unix port with the sim
-board, the physical world it drives, and the control port (shared/spec/simulator.md)."""
+board, the physical world it drives, and the control port (docs/simulator.md)."""
 
 import argparse
 import json

@@ -63,6 +63,8 @@ class Station:
             cmd += ["--broker", broker]
         if heapsize:
             cmd += ["--heapsize", heapsize]
+        # EVSE_FIRMWARE: run a mutated copy of firmware/ (proving a test can fail).
+        firmware = firmware or os.environ.get("EVSE_FIRMWARE")
         if firmware:
             cmd += ["--firmware", firmware]
         if meter:  # "tcp:HOST:PORT": a Modbus RTU gateway instead of the built-in meter

@@ -20,6 +20,7 @@ from time import ticks_diff, ticks_us  # noqa: E402
 
 import machine  # noqa: E402
 from machine import ADC, PWM, SPI, UART, WDT  # noqa: E402
+from evse.hal import BoardBase  # noqa: E402
 from net import Net  # noqa: E402 - Wi-Fi station and NTP (net.py)
 
 # -- pin map (GPIO numbers; README.md has the table) --------------------------------------
@@ -207,7 +208,7 @@ class ConnectorHal:
         return _PP_PULLUP_OHMS * mv // (_VCC_MV - mv)
 
 
-class Board:
+class Board(BoardBase):
     name = "esp32_devkitc"
     max_current_a = 32.0  # what the contactor, terminals and wiring of this build are rated for
     phases = 3  # wired for three phases; single-phase sites set "phases" in the config
@@ -216,8 +217,6 @@ class Board:
         self.connectors = [ConnectorHal()]
         self.fs = "/"
         self.uid = binascii.hexlify(machine.unique_id()).decode()
-        self.broker = None
-        self.config_overrides = []
         # RS-485 Modbus meter, 9600 8N1. MicroPython has no RS-485 mode on ESP32, so the
         # meter driver drives DE itself: uart_de(1), write, uart.flush() (waits for the last
         # stop bit), uart_de(0). timeout=0: reads never block the control loop.

@@ -12,6 +12,12 @@ paths below resolve against boards/esp32_devkitc/ wherever the checkout lives.
 
 # ruff: noqa: F821 - include/package/module/require are globals the build injects.
 
+metadata(
+    description="EVSE charge-point controller firmware for the ESP32-DevKitC board",
+    version="0.1.0",
+    license="MIT",
+)
+
 # The port's default manifest (_boot.py, filesystem setup, asyncio, networking bundle).
 include("$(PORT_DIR)/boards/manifest.py")
 

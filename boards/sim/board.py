@@ -7,6 +7,8 @@ import socket
 import sys
 import time
 
+from evse.hal import BoardBase
+
 # Replies come from a process on the same host; a silent runner means the world is gone.
 _REPLY_TIMEOUT_S = 5
 
@@ -149,7 +151,7 @@ def _args(argv):
     return opts
 
 
-class Board:
+class Board(BoardBase):
     name = "sim"
     max_current_a = 32.0  # what the simulated contactor and wiring are rated for
     phases = 3
@@ -166,27 +168,24 @@ class Board:
         self.fs = opts.get("state-dir", ".")
         self.uid = opts.get("uid", "5e0001")
         b = opts.get("broker")
-        self.broker = None
         if b:
+            # --broker fixes the broker on every boot; config shows it as the value in force.
             host, _, port = b.rpartition(":")
-            self.broker = (host, int(port))
+            self.config_pinned = {"mqtt.host": host, "mqtt.port": int(port)}
         self.config_overrides = opts["config"]
         if "config-file" in opts:
             with open(opts["config-file"]) as f:
                 self.config_overrides += [ln for ln in f.read().split("\n") if ln]
         self.uart = SimUart(self._w)
         m = opts.get("meter", "sim")
-        self.meter_transport = m if m.startswith("tcp:") else None
-        self.spi = None
+        if m.startswith("tcp:"):
+            self.meter_transport = m
 
     def temp_c(self):
         return int(self._w.ask(b"t\n")) / 100
 
     def wdt(self, timeout_ms):
         return _Wdt(self._w, timeout_ms)
-
-    def led(self, state):
-        pass
 
     def loop_gap(self, ms):
         """A new largest gap between control-loop iterations, as the firmware measured it."""

@@ -6,12 +6,19 @@ changes nothing. Errors are raised as ApiError(code, detail) and become ok:false
 
 import json
 
-from evse.compat import ticks_add
+from evse.compat import const, ticks_add, ticks_diff, ticks_ms
 
 MAX_PAYLOAD = 1900  # what fits the MQTT client's receive buffer with its topic
 _MAX_RID = 64
 _MAX_TTL_S = 86400 * 7
 _MAX_REBOOT_DELAY_S = 3600
+# Repeated rids: a backend that lost a reply retries with the same rid; the station answers
+# from memory instead of acting twice (rebooting twice, stopping a new session, ...).
+RID_MEMORY = const(32)  # the last 32 answered commands
+RID_MEMORY_S = const(600)  # ... for at most 10 minutes
+_RID_REPLY_MAX = const(384)  # longer replies are remembered without their data
+# Commands that change nothing: a repeat is simply run again (fresh data, no memory).
+_READ_ONLY = ("diag", "config_get")
 
 
 class ApiError(Exception):
@@ -39,7 +46,11 @@ def _num(args, key, lo, hi, required=True):
 def _int(args, key, lo, hi, required=True):
     v = _num(args, key, lo, hi, required)
     if v is not None and not isinstance(v, int):
-        raise ApiError("bad_arg", "%s must be an integer" % key)
+        # Many JSON encoders write 600 as 600.0: a number with no fractional part is an
+        # integer; 600.5 is not.
+        if v != int(v):
+            raise ApiError("bad_arg", "%s must be an integer" % key)
+        v = int(v)
     return v
 
 
@@ -63,10 +74,35 @@ class Api:
         self.link = link
         self.handled = 0
         self.rejected = 0
+        self.repeats = 0
+        self._seen = []  # [rid, cmd, reply, ticks_ms], oldest first, at most RID_MEMORY
 
-    def handle(self, payload, now):
-        """payload (bytes) -> reply dict. Never raises."""
+    def _recall(self, rid, name, now):
+        keep_ms = RID_MEMORY_S * 1000
+        seen = self._seen
+        while seen and ticks_diff(now, seen[0][3]) > keep_ms:
+            seen.pop(0)
+        for e in seen:
+            if e[0] == rid and e[1] == name:
+                return e[2]
+        return None
+
+    def _remember(self, rid, name, reply, now):
+        if name in _READ_ONLY:
+            return
+        if "data" in reply and len(json.dumps(reply)) > _RID_REPLY_MAX:
+            reply = {"rid": rid, "ok": reply["ok"]}
+        if len(self._seen) >= RID_MEMORY:
+            self._seen.pop(0)
+        self._seen.append([rid, name, reply, now])
+
+    def handle(self, payload, now=None):
+        """payload (bytes) -> reply dict. Never raises. A repeat of a recently answered
+        (rid, cmd) gets the remembered reply and is not carried out again."""
+        if now is None:
+            now = ticks_ms()
         rid = None
+        name = None
         try:
             if len(payload) > MAX_PAYLOAD:
                 raise ApiError("too_large", "payload over %d bytes" % MAX_PAYLOAD)
@@ -80,19 +116,29 @@ class Api:
             if rid is None:
                 raise ApiError("bad_arg", "missing or unusable rid")
             name = obj.get("cmd")
-            fn = getattr(self, "cmd_" + name, None) if isinstance(name, str) else None
-            if fn is None or len(name) > 32:
-                raise ApiError("unknown_cmd", "unknown command %r" % (name,))
+            if not isinstance(name, str) or len(name) > 32:
+                name = None
+            old = self._recall(rid, name, now)
+            if old is not None:
+                self.repeats += 1
+                return old
+            fn = getattr(self, "cmd_" + name, None) if name is not None else None
+            if fn is None:
+                raise ApiError("unknown_cmd", "unknown command %r" % (obj.get("cmd"),))
             data = fn(obj, now)
             self.handled += 1
             reply = {"rid": rid, "ok": True}
             if data is not None:
                 reply["data"] = data
+            self._remember(rid, name, reply, now)
             return reply
         except ApiError as e:
             self.rejected += 1
             self.st.events.add("warn", "RejectedInput", 0, "%s: %s" % (e.code, e.detail))
-            return {"rid": rid, "ok": False, "error": e.code, "detail": e.detail}
+            reply = {"rid": rid, "ok": False, "error": e.code, "detail": e.detail}
+            if rid is not None:
+                self._remember(rid, name, reply, now)
+            return reply
         except Exception as e:  # noqa: BLE001 - a bug in a handler must not kill the link
             self.rejected += 1
             self.st.events.add("error", "InternalError", 0, "cmd: %r" % (e,))

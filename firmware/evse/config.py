@@ -83,6 +83,9 @@ def check(key, value):
             raise ValueError("bad_arg: %s must be a number" % key)
         value = float(value)
     elif typ is int:
+        # 600.0 is how many JSON encoders write 600: integral floats are integers.
+        if isinstance(value, float) and value == value and value == int(value):
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("bad_arg: %s must be an integer" % key)
     elif typ is dict:
@@ -104,11 +107,31 @@ def check(key, value):
     return value
 
 
-class Config:
-    """Current values, backed by a Store. Missing or corrupt file -> defaults + event."""
+def parse_overrides(items):
+    """["key=json", ...] (the simulator's --config) -> {key: value}; bare strings allowed."""
+    import json
 
-    def __init__(self, store, events=None, overrides=None):
+    out = {}
+    for item in items or ():
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+class Config:
+    """Current values, backed by a Store. Missing or corrupt file -> defaults + event.
+
+    `overrides` are first-boot values (saved once, on a factory-fresh flash). `pinned` are
+    values the board fixes on every boot (the simulator's --broker): they win over the
+    stored ones, are shown as the values in force, and config_set may not change them."""
+
+    def __init__(self, store, events=None, overrides=None, pinned=None):
         self._store = store
+        self.pinned = pinned or {}
+        self._under_pin = {}  # what the file holds for pinned keys: saved back unchanged
         self.values = {}
         for e in SCHEMA:
             self.values[e[0]] = e[2]
@@ -139,6 +162,9 @@ class Config:
         elif overrides:
             # Factory state: the runner's first-boot overrides are applied and saved.
             self.update(overrides)
+        for k, v in self.pinned.items():
+            self._under_pin[k] = self.values[k]
+            self.values[k] = check(k, v)
 
     def __getitem__(self, key):
         return self.values[key]
@@ -148,12 +174,19 @@ class Config:
         clean = {}
         for k, v in changes.items():
             clean[k] = check(k, v)
+            if k in self.pinned and clean[k] != self.pinned[k]:
+                raise ValueError("not_allowed: %s is fixed by the board (%r)"
+                                 % (k, self.pinned[k]))
         new = dict(self.values)
         new.update(clean)
         if new["thermal.stop_c"] <= new["thermal.derate_c"]:
             raise ValueError("out_of_range: thermal.stop_c must be above thermal.derate_c")
         # Flash first: if the write fails, nothing changes in memory either.
-        self._store.write_json(FILE, new)
+        saved = new
+        if self.pinned:
+            saved = dict(new)
+            saved.update(self._under_pin)
+        self._store.write_json(FILE, saved)
         self.values = new
         return clean
 

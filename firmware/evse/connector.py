@@ -37,7 +37,8 @@ PLUGGED = (pilot.B, pilot.C, pilot.D)
 
 class Connector:
     """Turns debounced CP state, faults, authorization and limits into pilot and contactor
-    outputs. All transitions happen in step(); nothing else touches the outputs."""
+    outputs. Transitions happen in step(); the only other ways to the outputs are the
+    safety exits below (force_safe, fail_internal, shutdown), all of them towards off."""
 
     def __init__(self, cid, hal, cfg, events):
         self.id = cid
@@ -70,7 +71,6 @@ class Connector:
         self.state = "Available"
         self.thermal_stop = False
         self.meter_failed = False
-        self.plug_start_wh = None  # meter register at plug-in (for status energy_wh)
 
     # -- outputs -------------------------------------------------------------------------
     def _set_contactor(self, on, now):
@@ -99,10 +99,25 @@ class Connector:
         self.duty = duty if mode == OUT_PWM else None
 
     def force_safe(self, now):
-        """Open the contactor and stop offering: used on exceptions, before anything else."""
+        """Open the contactor at once, whatever the state (an exception, a reset)."""
         self._hal.contactor.set(False)
         self.contactor = False
         self._contactor_ms = now
+
+    def fail_internal(self, now, detail):
+        """The control path raised: contactor open, Faulted/InternalError until unplug."""
+        try:
+            self.force_safe(now)
+        except Exception:  # noqa: BLE001 - the fault below must still be recorded
+            pass
+        self.set_fault("InternalError", CLEAR_UNPLUG, now, detail)
+        self.state = "Faulted"  # the step that raised never got to derive it
+
+    def shutdown(self, now):
+        """Before a reset: end charging, contactor open, pilot to +12 V (nothing offered)."""
+        self.stop()
+        self.force_safe(now)
+        self._set_out(OUT_X1, None, now)
 
     # -- faults --------------------------------------------------------------------------
     def set_fault(self, code, clear, now, detail):

@@ -1,12 +1,21 @@
 """Home Assistant MQTT discovery: retained entity configs under <ha_prefix>/."""
 
-from evse.link import dumps
+from evse import VERSION
+from evse.report import dumps
+
+
+def _slug(s):
+    """An entity id part as Home Assistant writes them: lowercase, '_' for the rest."""
+    out = ""
+    for ch in s.lower():
+        out += ch if ("a" <= ch <= "z" or "0" <= ch <= "9") else "_"
+    return out
 
 
 def configs(station, base):
-    """[(topic, payload)] for every connector: state, offered current, power, session energy,
-    a current-limit number and an enable switch, all bound to <base>/online."""
-    out = []
+    """(topic, payload) for every connector, one at a time (the link sends them as the
+    outbox allows): state, offered current, power, session energy, a current-limit number
+    and an enable switch, all bound to <base>/online."""
     sid = station.station_id
     pre = station.cfg["ha_prefix"]
     dev = {
@@ -14,7 +23,7 @@ def configs(station, base):
         "name": "EVSE " + sid,
         "manufacturer": "evse-firmware",
         "model": station.board.name,
-        "sw_version": station.info()["fw"],
+        "sw_version": VERSION,
     }
     avail = {"availability_topic": base + "/online"}
     for c in station.connectors:
@@ -25,24 +34,25 @@ def configs(station, base):
         def ent(component, key, cfg):
             cfg.update(avail)
             cfg["unique_id"] = "%s_%s" % (uid, key)
-            cfg["object_id"] = "%s_%s" % (uid, key)
+            # object_id is deprecated since Home Assistant 2025.10 (gone in 2026.4).
+            cfg["default_entity_id"] = "%s.%s_%s" % (component, _slug(uid), key)
             cfg["device"] = dev
-            out.append(("%s/%s/%s/%s/config" % (pre, component, uid, key), dumps(cfg)))
+            return ("%s/%s/%s/%s/config" % (pre, component, uid, key), dumps(cfg))
 
-        ent("sensor", "state", {
+        yield ent("sensor", "state", {
             "name": "Connector %d state" % n,
             "state_topic": base + "/status",
             "value_template": "{{ %s.state }}" % sel,
             "icon": "mdi:ev-station",
         })
-        ent("sensor", "offered", {
+        yield ent("sensor", "offered", {
             "name": "Connector %d offered current" % n,
             "state_topic": base + "/status",
             "value_template": "{{ %s.offered_a }}" % sel,
             "unit_of_measurement": "A",
             "device_class": "current",
         })
-        ent("sensor", "power", {
+        yield ent("sensor", "power", {
             "name": "Connector %d power" % n,
             "state_topic": base + "/meter",
             "value_template": "{{ value_json.p_w if value_json.connector == %d else this.state }}" % n,
@@ -50,7 +60,7 @@ def configs(station, base):
             "device_class": "power",
             "state_class": "measurement",
         })
-        ent("sensor", "energy", {
+        yield ent("sensor", "energy", {
             "name": "Connector %d session energy" % n,  # energy since plug-in
             "state_topic": base + "/status",
             "value_template": "{{ %s.energy_wh | default(0) }}" % sel,
@@ -58,7 +68,7 @@ def configs(station, base):
             "device_class": "energy",
             "state_class": "total_increasing",
         })
-        ent("number", "limit", {
+        yield ent("number", "limit", {
             "name": "Connector %d current limit" % n,
             "state_topic": base + "/status",
             "value_template": "{{ %s.limit_a }}" % sel,
@@ -71,7 +81,7 @@ def configs(station, base):
             "unit_of_measurement": "A",
             "mode": "box",
         })
-        ent("switch", "enabled", {
+        yield ent("switch", "enabled", {
             "name": "Connector %d enabled" % n,
             "state_topic": base + "/status",
             "value_template": "{{ 'OFF' if %s.state == 'Unavailable' else 'ON' }}" % sel,
@@ -81,4 +91,3 @@ def configs(station, base):
             "state_on": "ON",
             "state_off": "OFF",
         })
-    return out

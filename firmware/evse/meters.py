@@ -1,6 +1,6 @@
 """Energy meter profiles as data, register decoding, and a meter that polls over a Bus.
 
-Register numbers are 0-based PDU addresses (digest §5). Energy becomes integer Wh exactly:
+Register numbers are 0-based PDU addresses (docs/standards.md §5). Energy becomes integer Wh exactly:
 float32 registers are decoded bit by bit into a rational and rounded once, so a single-
 precision MicroPython float never touches the energy value (resolution = the register's own:
 float32 kWh is exact to 1 Wh below 8 388 kWh, 2 Wh below 16 777 kWh, and so on)."""
@@ -35,7 +35,7 @@ PROFILES = {
         ("f", 0x46, "f32", 1.0), ("e", 0x48, "f32", (1000, 1)),
     )),
     # ABB B23/B24: FC03, U32/S32 big-endian, energy U64 in 0.01 kWh [MBMD][SE-MT][STARK].
-    # Default baud is unverified in the digest: 9600, override with meter.baud.
+    # Default baud is not published for this meter: 9600, override with meter.baud.
     "abb-b23": (3, "abcd", 9600, 125, (
         ("v1", 0x5B00, "u32", 0.1), ("v2", 0x5B02, "u32", 0.1), ("v3", 0x5B04, "u32", 0.1),
         ("i1", 0x5B0C, "u32", 0.01), ("i2", 0x5B0E, "u32", 0.01), ("i3", 0x5B10, "u32", 0.01),
@@ -225,6 +225,10 @@ class Meter:
         if self._pending:
             return
         if self._t_cycle is not None and ticks_diff(now_ms, self._t_cycle) < POLL_MS:
+            return
+        # All blocks of a cycle or none: with several meters on one line a cycle that got
+        # only some of its slots could never complete (a starved meter never reads).
+        if self.bus.room() < len(self._reqs):
             return
         self._t_cycle = now_ms
         self._good = 0

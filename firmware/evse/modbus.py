@@ -1,7 +1,7 @@
 """Modbus RTU master: CRC, frames, and a non-blocking bus that serializes transactions.
 
 The bus is a state machine stepped from the control loop: it never waits for a byte. Every
-transaction has a deadline; every failure is told apart and counted (digest §6)."""
+transaction has a deadline; every failure is told apart and counted (docs/standards.md §6)."""
 
 from evse.compat import const, ticks_add, ticks_diff
 
@@ -104,7 +104,7 @@ def char_us(baud, bits=10):
 
 
 def t35_us(baud):
-    """Inter-frame silence: 3.5 characters, fixed 1.75 ms above 19200 baud (digest §6)."""
+    """Inter-frame silence: 3.5 characters, fixed 1.75 ms above 19200 baud (docs/standards.md §6)."""
     return 1750 if baud > 19200 else 35 * char_us(baud) // 10
 
 
@@ -144,6 +144,10 @@ class Bus:
             return False
         self._q.append((req, cb))
         return True
+
+    def room(self):
+        """Free queue slots: a device starts a read cycle only when all of it fits."""
+        return self._depth - len(self._q)
 
     def busy(self):
         return self._req is not None or bool(self._q)

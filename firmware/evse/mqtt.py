@@ -131,13 +131,16 @@ class Client:
         self.poll(now)
 
     # -- packets --------------------------------------------------------------------------
-    def _queue(self, header, body):
+    def _queue(self, header, body, limit=_OUTBOX_BYTES):
         n = len(body)
         pkt = bytes((header,)) + _varlen(n) + body
-        if len(self._out) + len(pkt) > _OUTBOX_BYTES:
+        if len(self._out) + len(pkt) > limit:
             return False
         self._out += pkt
         return True
+
+    def outbox_bytes(self):
+        return len(self._out)
 
     def _connect_packet(self):
         flags = 0x02  # clean session: the station republishes its state after every connect
@@ -160,7 +163,11 @@ class Client:
         self._pid = self._pid % 0xFFFF + 1
         return self._pid
 
-    def publish(self, topic, payload, retain=False, qos=0):
+    def publish(self, topic, payload, retain=False, qos=0, paced=False):
+        """Queue a PUBLISH. False when it does not fit: counted as dropped, except with
+        `paced`, where the caller keeps the message and offers it again on a later poll
+        (paced messages may fill the outbox only to the half mark, so replies always find
+        room); a paced message larger than that half could never go and is dropped."""
         if self.state != CONNECTED:
             return False
         if isinstance(payload, str):
@@ -169,9 +176,12 @@ class Client:
         if qos:
             pid = self._next_pid()
             body += bytes((pid >> 8, pid & 0xFF))
-        ok = self._queue(0x30 | (qos << 1) | (1 if retain else 0), body + payload)
+        ok = self._queue(0x30 | (qos << 1) | (1 if retain else 0), body + payload,
+                         _OUT_HIGH if paced else _OUTBOX_BYTES)
         if not ok:
-            self.dropped += 1
+            if not paced or len(body) + len(payload) + 5 > _OUT_HIGH:
+                self.dropped += 1
+                return None if paced else False  # None: never, not later
         elif qos:
             self.inflight += 1
         return ok

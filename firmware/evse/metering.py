@@ -1,0 +1,112 @@
+"""The station's energy meters: one Modbus bus, one meter per connector, and the policy for
+a meter that stops answering (billing is impossible without it)."""
+
+from evse.compat import ticks_diff, ticks_us
+
+
+class Metering:
+    """Builds the bus and meters from config and board, polls them from the control loop
+    and applies meter_fail_s / meter_loss per connector."""
+
+    def __init__(self, board, cfg, events, connectors):
+        self._cfg = cfg
+        self._events = events
+        self._conns = connectors
+        self.bus = None
+        self.meters = [None] * len(connectors)
+        self.plug_start_wh = [None] * len(connectors)  # register at plug-in
+        self._since_ms = None
+        try:
+            self._build(board)
+        except (ValueError, OSError) as e:
+            events.add("error", "PowerMeterFailure", 0, "meter setup: %s" % e)
+
+    def _build(self, board):
+        """Connector n's meter at slave meter.slave+n-1, on the UART or a TCP gateway."""
+        from evse import meters, modbus
+
+        cfg = self._cfg
+        name = cfg["meter.profile"]
+        if name == "none":
+            return
+        profile = meters.custom_profile(cfg["meter.custom"]) if name == "custom" else (
+            meters.PROFILES[name])
+        transport = board.meter_transport or cfg["meter.transport"]
+        if transport.startswith("tcp:"):
+            from evse.tcpport import TcpPort
+
+            host, _, port = transport[4:].rpartition(":")
+            uart = TcpPort(host, int(port))
+        elif transport == "uart":
+            uart = board.uart
+        else:
+            raise ValueError("meter.transport must be uart or tcp:HOST:PORT")
+        if uart is None:
+            return
+        baud = cfg["meter.baud"] or profile[2]
+        parity = cfg["meter.parity"] or meters.PARITY.get(name, "none")
+        if hasattr(uart, "init"):
+            uart.init(baudrate=baud, bits=8, parity={"none": None, "even": 0, "odd": 1}[parity],
+                      stop=1)
+        self.bus = modbus.Bus(uart, baud)
+        for k in range(len(self._conns)):
+            self.meters[k] = meters.Meter(self.bus, cfg["meter.slave"] + k, profile, name)
+
+    @property
+    def name(self):
+        m = self.meters[0] if self.meters else None
+        return m.name if m is not None else None
+
+    def reading(self, k):
+        """(v[3], i[3], p_w, e_wh, f_hz) of connector k+1's meter, or None."""
+        m = self.meters[k]
+        return None if m is None else m.reading
+
+    def energy_wh(self, k):
+        """Energy since plug-in (register difference), or None without both readings."""
+        r = self.reading(k)
+        start = self.plug_start_wh[k]
+        return None if r is None or start is None else r[3] - start
+
+    def step(self, now):
+        """Drive the bus, then judge each meter: meter_fail_s without a valid reading is a
+        PowerMeterFailure; with meter_loss=suspend that connector stops charging until the
+        meter answers again."""
+        if self.bus is None:
+            return
+        self.bus.step(ticks_us())
+        if self._since_ms is None:
+            self._since_ms = now  # a meter that never answered counts from the first poll
+        cfg = self._cfg
+        fail_ms = cfg["meter_fail_s"] * 1000
+        for k, m in enumerate(self.meters):
+            if m is None:
+                continue
+            m.poll(now)
+            c = self._conns[k]
+            since = self._since_ms if m.ok_ms is None else m.ok_ms
+            failed = ticks_diff(now, since) > fail_ms
+            if failed != c.meter_failed:
+                c.meter_failed = failed
+                if failed:
+                    self._events.add("error", "PowerMeterFailure", c.id,
+                                     "no valid reading for %d s" % cfg["meter_fail_s"])
+                else:
+                    self._events.add("info", "PowerMeterOk", c.id, "readings again")
+            if c.cp == "A":
+                self.plug_start_wh[k] = None
+            elif self.plug_start_wh[k] is None and m.reading is not None:
+                self.plug_start_wh[k] = m.reading[3]
+            if failed and cfg["meter_loss"] == "suspend":
+                c.limits.set("meter", 0.0)
+            else:
+                c.limits.clear("meter")
+
+    def diag(self):
+        bus = self.bus
+        if bus is None:
+            return None
+        out = dict(bus.counters)
+        out["transactions"] = bus.transactions
+        out["exception_codes"] = {str(k): v for k, v in bus.exceptions.items()}
+        return out

@@ -1,0 +1,110 @@
+"""The shapes of what the station reports (docs/mqtt.md): info, status, meter and event
+payloads and the diag answer. Pure functions of the station's state; the link decides when
+to send them."""
+
+import json
+
+from evse import VERSION
+from evse.compat import ticks_diff
+from evse.events import stamp
+
+
+def dumps(obj):
+    """Compact JSON: every byte counts on a metered cellular link."""
+    try:
+        return json.dumps(obj, separators=(",", ":"))
+    except TypeError:  # older MicroPython without separators
+        return json.dumps(obj)
+
+
+def info(st):
+    return {
+        "api": 1,
+        "fw": VERSION,
+        "board": st.board.name,
+        "connectors": len(st.connectors),
+        "phases": st.cfg["phases"],
+        "max_current_a": float(st.board.max_current_a),
+        "meter": st.metering.name,
+        "rfid": False,
+    }
+
+
+def status(st, now):
+    conns = []
+    for k, c in enumerate(st.connectors):
+        d = {
+            "id": c.id,
+            "state": c.state,
+            "cp": c.cp,
+            "contactor": c.contactor,
+            "offered_a": c.offered_a,
+            "limit_a": round(c.limit_a, 1),
+            "limit_by": c.limit_by,
+            "session": None,
+            "error": c.error,
+        }
+        e = st.metering.energy_wh(k)
+        if e is not None:
+            d["energy_wh"] = e  # extension: energy since plug-in
+        conns.append(d)
+    return {
+        "ts": st.board.unix_time(),
+        "uptime_s": ticks_diff(now, st.boot_ms) // 1000,
+        "connectors": conns,
+    }
+
+
+def status_key(st):
+    """What a status change is judged on (everything but ts, uptime and energy, which
+    refresh with the meter cadence instead)."""
+    k = []
+    for c in st.connectors:
+        k.append((c.state, c.cp, c.contactor, c.duty, c.limit_a, c.limit_by, c.error))
+    return k
+
+
+def meter(st, k, reading):
+    v, i, p_w, e_wh, f_hz = reading
+    return {"ts": st.board.unix_time(), "connector": st.connectors[k].id, "v": v, "i": i,
+            "p_w": p_w, "e_wh": e_wh, "f_hz": f_hz}
+
+
+def event(st, ev, now):
+    d = {"ts": stamp(ev, st.board.unix_time(), now), "level": ev[0], "code": ev[1],
+         "connector": ev[2], "detail": ev[3]}
+    if ev[6] > 1:
+        d["count"] = ev[6]  # repeats coalesced into this event while it waited
+    return d
+
+
+def diag(st, link, now):
+    c = link.client
+    try:
+        import gc
+
+        heap = gc.mem_free()
+    except (ImportError, AttributeError):
+        heap = None
+    return {
+        "fw": VERSION,
+        "uptime_s": ticks_diff(now, st.boot_ms) // 1000,
+        "heap_free": heap,
+        "loop_max_gap_ms": st.loop_max_gap_ms,
+        "loop_count": st.loop_count,
+        "exceptions": st.exceptions,
+        "reconnects": link.reconnects,
+        "connects": link.connects,
+        "mqtt_tx_bytes": link.bytes_tx + c.bytes_tx,
+        "mqtt_rx_bytes": link.bytes_rx + c.bytes_rx,
+        "outbox_bytes": c.outbox_bytes(),
+        "inflight": c.inflight,
+        "replies_dropped": link.replies_dropped,
+        "publish_dropped": c.dropped,
+        "commands": link.api.handled + link.api.rejected,
+        "repeats": link.api.repeats,
+        "oversized": c.oversized,
+        "events_dropped": st.events.dropped,
+        "events_coalesced": st.events.coalesced,
+        "modbus": st.metering.diag(),
+    }
