@@ -48,8 +48,14 @@ def _service_boot():
         return _board.boot_escape()
 
 
+def _say(msg):
+    import sys
+
+    sys.stderr.write(msg + "\n")  # the serial console on a board, the log in the sim
+
+
 if _service_boot():
-    print("service: station not started, no watchdog. machine.reset() starts it again.")
+    _say("service: station not started, no watchdog. machine.reset() starts it again.")
 else:
     try:
         try:
@@ -64,4 +70,4 @@ else:
                 f.write("1")
         except OSError:
             pass
-        print("service: outputs safe; after the watchdog reset the board stays at the REPL")
+        _say("service: outputs safe; after the watchdog reset the board stays at the REPL")

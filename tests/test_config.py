@@ -110,3 +110,22 @@ def test_store_write_is_atomic_rename(tmp_path, monkeypatch):
     st.write_json("x.json", {"a": 2})
     assert renames == [(str(tmp_path / "x.json.tmp"), str(tmp_path / "x.json"))]
     assert st.read_json("x.json") == {"a": 2}
+
+
+def test_integral_floats_are_integers_others_are_not():
+    assert check("phases", 2.0) == 2 and isinstance(check("phases", 2.0), int)
+    for bad in (2.5, float("nan"), "2", True):
+        with pytest.raises(ValueError):
+            check("phases", bad)
+
+
+def test_pinned_values_win_are_shown_and_cannot_be_set(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"mqtt.port": 8883, "phases": 1}))
+    cfg = Config(Store(str(tmp_path)), Events(), None, {"mqtt.port": 1999})
+    assert cfg["mqtt.port"] == 1999 and cfg.public()["mqtt.port"] == 1999
+    with pytest.raises(ValueError) as e:
+        cfg.update({"mqtt.port": 1884})
+    assert str(e.value).startswith("not_allowed")
+    cfg.update({"phases": 3, "mqtt.port": 1999})  # the pinned value itself is fine
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["phases"] == 3 and saved["mqtt.port"] == 8883  # the file keeps its own

@@ -222,3 +222,29 @@ def test_meter_assembles_a_reading():
     assert v == [230.1, 229.8, 231.0] and i == [15.9, 16.0, 15.8]
     assert p == 11020 and e == 1234567 and f == 50.0
     assert m.ok_ms == 0
+
+
+def test_four_meters_on_one_line_all_read():
+    """A meter starts a cycle only when all its blocks fit the bus queue: four SDM630s
+    (three blocks each) on an 8-deep queue all complete. Break: drop the bus.room() check
+    in Meter.poll -> meter 3 gets two of its three slots and meter 4 none, forever."""
+    prof = meters.PROFILES["sdm630"]
+
+    class Slaves(Port):
+        def write(self, b):
+            self.tx.append(bytes(b))
+            slave, fc, start, count = b[0], b[1], (b[2] << 8) | b[3], (b[4] << 8) | b[5]
+            self.rx += modbus.frame(slave, fc, bytes((2 * count,)) + bytes(2 * count))
+            return len(b)
+
+    bus = modbus.Bus(Slaves([]), 9600)
+    ms = [meters.Meter(bus, k + 1, prof, "sdm630") for k in range(4)]
+    t_ms, t_us = 0, 1000
+    for _ in range(4000):  # 4 s of 1 ms steps
+        for m in ms:
+            m.poll(t_ms)
+        bus.step(t_us)
+        t_ms += 1
+        t_us += 1000
+    assert [m.reading is not None for m in ms] == [True] * 4
+    assert len(meters.plan(prof[4], prof[3])) * 4 > 8  # the case needs a full queue

@@ -186,6 +186,8 @@ class Conn:
     # -- firmware outputs -----------------------------------------------------------------
     def set_pilot(self, t, mode, duty_u16=None):
         before = self.duty_pct()
+        if mode != self.pilot:
+            self.w.event(t, "pilot", mode, self.id)  # the generator's mode: pwm/+12/-12/off
         self.pilot = mode
         self.duty_u16 = duty_u16 if mode == "pwm" else None
         after = self.duty_pct()

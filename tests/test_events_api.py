@@ -1,0 +1,96 @@
+"""Events (stamped at the event, coalesced repeats) and the API's memory of rids, on
+CPython with the in-process fake board."""
+
+import json
+
+from fakes import Clock, FakeBoard
+
+from evse.api import RID_MEMORY, RID_MEMORY_S, Api
+from evse.events import Events, stamp
+from evse.station import Station
+
+
+class NoLink:
+    def __init__(self):
+        self.reboots = 0
+
+    def schedule_reboot(self, now, delay_s):
+        self.reboots += 1
+
+    def config_changed(self, keys):
+        pass
+
+
+def test_event_stamped_when_it_happens():
+    t = [1000]
+    ev = Events(clock=lambda: t[0])
+    ev.add("warn", "Failsafe", 0, "x")
+    t[0] = 2000  # published much later
+    e = ev.pop()
+    assert stamp(e, t[0], 0) == 1000
+
+
+def test_event_before_the_clock_was_set_is_dated_back():
+    ev = Events(clock=lambda: None)
+    ev.add("info", "Connected", 0, "x")
+    e = ev.pop()
+    # 7 s of ticks later the clock reads 1764000000: the event was 7 s before that.
+    assert stamp(e, 1764000000, e[5] + 7000) == 1764000000 - 7
+    assert stamp(e, None, e[5] + 7000) is None
+
+
+def test_repeats_coalesce_others_queue_and_overflow_is_counted():
+    ev = Events(depth=3)
+    for i in range(10):
+        ev.add("warn", "RejectedInput", 0, "bad %d" % i)
+    assert ev.queued() == 1 and ev.coalesced == 9 and ev.dropped == 0
+    e = ev.peek()
+    assert e[6] == 10 and e[3] == "bad 9"  # count, newest detail
+    ev.add("error", "GroundFailure", 1, "trip")
+    ev.add("warn", "RejectedInput", 0, "again")  # not the newest: a new entry
+    ev.add("info", "X", 0, "")
+    assert ev.queued() == 3 and ev.dropped == 1  # the oldest went, and was counted
+    assert [x[1] for x in ev._q] == ["GroundFailure", "RejectedInput", "X"]
+
+
+def _api(tmp_path):
+    st = Station(FakeBoard(str(tmp_path)))
+    Clock(st).run(50)
+    link = NoLink()
+    return st, Api(st, link), link
+
+
+def cmd(api, now, **body):
+    return api.handle(json.dumps(body).encode(), now)
+
+
+def test_repeated_rid_answered_from_memory(tmp_path):
+    st, api, link = _api(tmp_path)
+    first = cmd(api, 0, rid="r", cmd="reboot", delay_s=5)
+    assert first["ok"] and link.reboots == 1
+    assert cmd(api, 100, rid="r", cmd="reboot", delay_s=5) == first
+    assert link.reboots == 1 and api.repeats == 1  # the retry did not reboot twice
+    # Rejections are remembered too: one RejectedInput event, not one per retry.
+    n = st.events.total
+    bad = cmd(api, 200, rid="b", cmd="set_limit", connector=1, current_a=99)
+    assert cmd(api, 300, rid="b", cmd="set_limit", connector=1, current_a=99) == bad
+    assert st.events.total == n + 1
+
+
+def test_rid_memory_is_bounded_in_count_and_time(tmp_path):
+    st, api, link = _api(tmp_path)
+    cmd(api, 0, rid="old", cmd="reboot")
+    for i in range(RID_MEMORY):
+        cmd(api, 10, rid="n%d" % i, cmd="enable", connector=1)
+    cmd(api, 20, rid="old", cmd="reboot")  # forgotten: pushed out by 32 newer ones
+    assert link.reboots == 2
+    cmd(api, 30, rid="late", cmd="reboot")
+    cmd(api, 30 + RID_MEMORY_S * 1000 + 1, rid="late", cmd="reboot")  # too long ago
+    assert link.reboots == 4
+
+
+def test_read_only_commands_run_again(tmp_path):
+    st, api, link = _api(tmp_path)
+    link.diag = lambda now: {"uptime_s": now}
+    assert cmd(api, 0, rid="d", cmd="diag")["data"] == {"uptime_s": 0}
+    assert cmd(api, 9, rid="d", cmd="diag")["data"] == {"uptime_s": 9}  # fresh data
