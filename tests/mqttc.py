@@ -12,11 +12,13 @@ import paho.mqtt.client as mqtt
 
 
 class Collector:
-    def __init__(self, port, topic="#"):
+    def __init__(self, port, topic="#", user=None, password=None):
         self.msgs = []
         self._cv = threading.Condition()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.c.on_message = self._on
+        if user:
+            self.c.username_pw_set(user, password)
         self.c.connect("127.0.0.1", port)
         self.c.subscribe(topic, qos=1)
         self.c.loop_start()
