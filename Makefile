@@ -9,7 +9,7 @@ BOARD   ?= esp32_devkitc
 
 FW_SRC    := $(shell find firmware boards -name '*.py' 2>/dev/null)
 
-.PHONY: all venv libs broker test sim mpy bench deploy clean
+.PHONY: all venv libs broker lint test sim mpy bench deploy repl clean
 
 all: test
 
@@ -34,6 +34,10 @@ broker:
 	    (apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)); \
 	  else echo "mosquitto not found and cannot install it (not root)"; fi; }
+
+# ruff (configured in pyproject.toml) on the whole tree; CI runs it after the tests.
+lint: venv
+	$(BIN)/ruff check .
 
 test: venv libs broker
 	$(BIN)/python -m pytest -q tests
@@ -61,6 +65,10 @@ deploy: mpy libs
 	  fs cp lib/ulogging.py :ulogging.py + \
 	  $(foreach f,$(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py)),fs cp $(f) : +) \
 	  fs cp firmware/main.py :main.py + reset
+
+# The board's serial REPL (Ctrl-C there gives a service boot: boards/esp32_devkitc/README.md).
+repl: venv
+	$(BIN)/mpremote connect $(PORT) repl
 
 clean:
 	rm -rf build .pytest_cache

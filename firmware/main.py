@@ -2,11 +2,13 @@
 
 import board  # first: the board forces every contactor off before anything else runs
 
-_board = board.Board()
-station = None  # the running Station; reachable at the REPL after Ctrl-C
+# The instance takes the module's name: at the REPL of a service boot a technician types
+# board.temp_c(), board.connectors[0].pilot.sample(), board.uart ...
+board = board.Board()
+station = None
 # Flag file on flash: skip starting the station for one boot, so a technician gets a REPL
 # without the watchdog (which, once started, cannot be stopped on the ESP32).
-_NOMAIN = _board.fs.rstrip("/") + "/nomain"
+_NOMAIN = board.fs.rstrip("/") + "/nomain"
 
 
 def _logger():
@@ -32,8 +34,8 @@ def main():
     from evse.station import Station
 
     log = _logger()
-    station = Station(_board, log, parse_overrides(_board.config_overrides),
-                      _board.config_pinned)
+    station = Station(board, log, parse_overrides(board.config_overrides),
+                      board.config_pinned)
     station.run(Link(station, log, tls.context, discovery.configs))
 
 
@@ -45,7 +47,7 @@ def _service_boot():
         os.remove(_NOMAIN)
         return True
     except OSError:
-        return _board.boot_escape()
+        return board.boot_escape()
 
 
 def _say(msg):
@@ -61,7 +63,7 @@ else:
         try:
             main()
         finally:
-            _board.safe()  # every way out of the loop (exception, Ctrl-C, exit): outputs safe
+            board.safe()  # every way out of the loop (exception, Ctrl-C, exit): outputs safe
     except KeyboardInterrupt:
         # Ctrl-C on the serial console. The watchdog resets the board within 2 s; the flag
         # makes that boot stop at the REPL, once.

@@ -39,12 +39,16 @@ class Net:
         self._deadline_ms = 0
         self._backoff = _BACKOFF_MIN_MS
         self._ntp_ms = None
-        # Diagnostics, readable at the REPL: board.net.joins etc.
+        # Diagnostics, reported in diag ("net") and readable at the REPL.
         self.joins = 0  # successful joins
         self.losses = 0  # connections lost after being up
         self.failures = 0  # attempts given up (no IP within 20 s, or the driver raised)
         self.last_status = None  # wlan.status() when the last attempt timed out (201 no AP...)
         self.clock_set = False  # True once NTP has set the RTC
+
+    def diag(self):
+        return {"joins": self.joins, "losses": self.losses, "failures": self.failures,
+                "last_status": self.last_status, "clock_set": self.clock_set}
 
     # -- link hooks ------------------------------------------------------------------------
     def poll(self, now_ms, cfg):

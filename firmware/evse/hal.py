@@ -42,7 +42,8 @@ class BoardBase:
     # -- optional --------------------------------------------------------------------------
     uart = None  # the meter's RS-485 UART (machine.UART-like, non-blocking reads), or None
     spi = None  # SPI bus of the RFID reader, or None
-    net = None  # network bring-up: poll(now_ms, cfg) -> link up?, online(now_ms, cfg)
+    net = None  # network bring-up: poll(now_ms, cfg) -> link up?, online(now_ms, cfg),
+    #             diag() -> dict for the diag command
     meter_transport = None  # overrides config meter.transport (e.g. the sim's "tcp:H:P")
     config_overrides = ()  # ["key=json", ...]: first-boot configuration (factory values)
     config_pinned = None  # {key: value} fixed on every boot, shown in config, not settable

@@ -107,4 +107,5 @@ def diag(st, link, now):
         "events_dropped": st.events.dropped,
         "events_coalesced": st.events.coalesced,
         "modbus": st.metering.diag(),
+        "net": st.board.net.diag() if st.board.net is not None else None,
     }
