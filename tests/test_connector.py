@@ -325,3 +325,64 @@ def test_replug_right_after_unplug_is_offered_at_once(rig):
     hal.ev = "B"
     clk.run(15)
     assert hal.pilot.mode == "pwm"
+
+
+def _close_log(hal, clk, ms, step=5):
+    """Step ms and return the times (ms) at which the contactor was commanded closed."""
+    out = []
+    start = len(hal.log)
+    for _ in range(ms // step):
+        clk.run(step, step)
+        for e in hal.log[start:]:
+            if e == ("contactor", True):
+                out.append(clk.now)
+        start = len(hal.log)
+    return out
+
+
+def test_resume_after_a_pause_needs_a_settled_c_and_a_fresh_diode_check(rig):
+    """A pause (X1) before the contactor closed, then PWM again: the close must wait for
+    200 ms of settled C under the new PWM and a passing diode check after it started.
+    Break: keep _creq_ms across the pause (the old code) -> closes 5 ms after PWM."""
+    st, hal, clk = rig
+    c = st.connectors[0]
+    hal.ev = "B"
+    clk.run(50)
+    hal.ev = "C"
+    clk.run(100)  # C settling, contactor not yet closed
+    assert not hal.contactor.on
+    c.limits.set("backend", 0.0)  # pause below 6 A: X1
+    clk.run(50)
+    assert hal.pilot.mode == "+12" and not hal.contactor.on
+    c.limits.clear("backend")
+    hal.diode = False  # the diode fails during the pause
+    t_pwm = None
+    for _ in range(2000):  # the resume waits for the 5 s increase spacing
+        clk.run(5)
+        if hal.pilot.mode == "pwm":
+            t_pwm = clk.now
+            break
+    assert t_pwm is not None
+    assert _close_log(hal, clk, 300) == []  # no diode: never closes, not even briefly
+    assert c.error == "EVCommunicationError"
+
+
+def test_resume_closes_only_after_settle(rig):
+    st, hal, clk = rig
+    c = st.connectors[0]
+    hal.ev = "B"
+    clk.run(50)
+    hal.ev = "C"
+    clk.run(100)
+    c.limits.set("backend", 0.0)
+    clk.run(50)
+    c.limits.clear("backend")
+    t_pwm = None
+    for _ in range(2000):
+        clk.run(5)
+        if hal.pilot.mode == "pwm":
+            t_pwm = clk.now
+            break
+    closes = _close_log(hal, clk, 400)
+    assert closes, "it does close"
+    assert closes[0] - t_pwm >= 200, closes[0] - t_pwm

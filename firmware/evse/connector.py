@@ -63,8 +63,9 @@ class Connector:
         self._duty_ms = None  # last duty change; None = the next PWM start is immediate
         self._out_samples = 0
         self._x1_ms = 0
-        self._creq_ms = None
+        self._creq_ms = None  # since when a settled C under this PWM asks for power
         self._diode_bad = 0
+        self._diode_seen = False  # a passing diode check since the PWM (re)started
         self.cp = pilot.A
         self.limit_a = 0.0
         self.limit_by = "hardware"
@@ -95,6 +96,8 @@ class Connector:
                 self._x1_ms = now
         if mode == OUT_PWM or self.out == OUT_PWM:
             self._duty_ms = now
+        if mode == OUT_PWM and self.out != OUT_PWM:
+            self._diode_seen = False  # every PWM start needs its own diode check
         self.out = mode
         self.duty = duty if mode == OUT_PWM else None
 
@@ -226,6 +229,8 @@ class Connector:
                     )
             else:
                 self._diode_bad = 0
+                if self.out == OUT_PWM and cp in PLUGGED:
+                    self._diode_seen = True
 
         if self.fault is not None and settled:
             self._check_fault_clear(now, cp, fb)
@@ -291,14 +296,22 @@ class Connector:
         close = False
         if self.fault is None and self.enabled and charge_req:
             if mode == OUT_PWM and self.out == OUT_PWM and self._diode_bad == 0:
-                if self._creq_ms is None:
-                    self._creq_ms = now
-                close = self.contactor or ticks_diff(now, self._creq_ms) >= _CLOSE_SETTLE_MS
-            elif self.contactor and mode == OUT_X1:
-                # Paused (X1) under load: the EV should answer C->B; force open after 6 s.
-                x1_ms = self._x1_ms if self.out == OUT_X1 else now
-                close = ticks_diff(now, x1_ms) < _C1_TIMEOUT_MS
-                self._creq_ms = None
+                if self.contactor:
+                    close = True
+                elif settled and self._diode_seen:
+                    # IEC 61851-1 Table A.6 seq. 4: close after a settled C2 (here 200 ms,
+                    # limit 3 s), measured under the PWM now on, diode checked under it.
+                    if self._creq_ms is None:
+                        self._creq_ms = now
+                    close = ticks_diff(now, self._creq_ms) >= _CLOSE_SETTLE_MS
+                else:
+                    self._creq_ms = None
+            else:
+                self._creq_ms = None  # a pause restarts the settle: nothing carries over
+                if self.contactor and mode == OUT_X1:
+                    # Paused (X1) under load: the EV should answer C->B; force open after 6 s.
+                    x1_ms = self._x1_ms if self.out == OUT_X1 else now
+                    close = ticks_diff(now, x1_ms) < _C1_TIMEOUT_MS
         else:
             self._creq_ms = None
 
