@@ -28,29 +28,54 @@ class Line:
     def __init__(self, world):
         self.w = world
         self.baud = 9600
-        self.pending = []  # (due_us, bytes)
+        self.pending = []  # (start_us, due_us, reply, request_sent_us)
         self.rng = random.Random(4711)
         self.requests = 0
+        # The station's transceiver: DE high drives the line, DE low listens (/RE = DE).
+        self.de = False
+        self.frames_without_de = 0  # written with DE low: never reached the line
+        self.replies_lost_to_de = 0  # began while DE was still high: the receiver was off
+        self.frames_cut_by_de = 0  # DE fell before the request was on the wire
 
     def char_us(self):
         return 10 * 1_000_000 // self.baud
 
+    def set_de(self, t, on):
+        if not on and self.de:
+            keep = []
+            for p in self.pending:
+                if p[0] < t:
+                    self.replies_lost_to_de += 1  # began while the receiver was off
+                elif t < p[3]:
+                    self.frames_cut_by_de += 1  # DE fell before the request's last bit:
+                    # the slave saw a truncated frame (bad CRC) and does not answer
+                else:
+                    keep.append(p)
+            self.pending = keep
+        self.de = on
+
     def write(self, t, data):
+        if not self.de:
+            self.frames_without_de += 1
+            return
         self.requests += 1
         reply = self.answer(data)
         if reply is None:
             return
-        due = t + (len(data) + len(reply)) * self.char_us() + int(TURNAROUND_S * 1e6)
-        self.pending.append((due, reply))
+        sent = t + len(data) * self.char_us()  # the request's last stop bit
+        start = sent + int(TURNAROUND_S * 1e6)
+        self.pending.append((start, start + len(reply) * self.char_us(), reply, sent))
 
     def read(self, t):
         out = bytearray()
         keep = []
-        for due, b in self.pending:
-            if due <= t:
-                out += b
+        for p in self.pending:
+            if self.de and p[0] <= t:
+                self.replies_lost_to_de += 1  # DE still high when it began
+            elif p[1] <= t:
+                out += p[2]
             else:
-                keep.append((due, b))
+                keep.append(p)
         self.pending = keep
         return bytes(out)
 

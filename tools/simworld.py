@@ -343,6 +343,9 @@ class World:
                 return None
             if op == "u":
                 return self.line.read(t).hex() + "\n"
+            if op == "D":
+                self.line.set_de(t, f[1] == "1")
+                return None
             if op == "B":
                 self.line.baud = int(f[1])
                 return None
@@ -512,6 +515,9 @@ class World:
             "loop_gaps_over_10ms": self.sample_gaps_over_10ms,
             "samples": self.samples,
             "meter_requests": self.line.requests,
+            "meter_frames_without_de": self.line.frames_without_de,
+            "meter_replies_lost_to_de": self.line.replies_lost_to_de,
+            "meter_frames_cut_by_de": self.line.frames_cut_by_de,
             "fw_loop_max_gap_ms": self.fw_loop_max_gap_ms,
             "boot_commands": self.boot_commands,
             "now_us": t,

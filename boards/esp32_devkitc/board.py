@@ -21,6 +21,7 @@ from time import ticks_diff, ticks_us  # noqa: E402
 import machine  # noqa: E402
 from machine import ADC, PWM, SPI, UART, WDT  # noqa: E402
 from evse.hal import BoardBase  # noqa: E402
+from evse.rs485 import Rs485  # noqa: E402
 from net import Net  # noqa: E402 - Wi-Fi station and NTP (net.py)
 
 # -- pin map (GPIO numbers; README.md has the table) --------------------------------------
@@ -35,6 +36,8 @@ _LED = const(2)  # strapping pin: the LED to GND keeps it low, as download mode 
 _RS485_TX = const(33)  # UART2 TXD -> transceiver DI
 _RS485_RX = const(13)  # UART2 RXD <- transceiver RO
 _RS485_DE = const(4)  # transceiver DE + /RE tied: high = drive the bus
+# 1: an auto-direction transceiver (DE keyed from TXD in hardware): no DE pin to drive.
+_RS485_AUTO_DIRECTION = const(0)
 _SPI_SCK = const(18)  # VSPI = SPI(2) native pins
 _SPI_MOSI = const(23)
 _SPI_MISO = const(19)
@@ -217,11 +220,13 @@ class Board(BoardBase):
         self.connectors = [ConnectorHal()]
         self.fs = "/"
         self.uid = binascii.hexlify(machine.unique_id()).decode()
-        # RS-485 Modbus meter, 9600 8N1. MicroPython has no RS-485 mode on ESP32, so the
-        # meter driver drives DE itself: uart_de(1), write, uart.flush() (waits for the last
-        # stop bit), uart_de(0). timeout=0: reads never block the control loop.
-        self.uart_de = Pin(_RS485_DE, Pin.OUT, value=0)  # listen until a frame is sent
-        self.uart = UART(
+        # RS-485 Modbus meter, 9600 8N1. MicroPython has no RS-485 mode on ESP32, so
+        # evse.rs485 drives DE around every frame (high, write, flush, low); with an
+        # auto-direction transceiver (_RS485_AUTO_DIRECTION) the UART is used as it is.
+        # timeout=0: reads never block the control loop.
+        if not _RS485_AUTO_DIRECTION:
+            self.uart_de = Pin(_RS485_DE, Pin.OUT, value=0)  # listen until a frame is sent
+        uart = UART(
             2,
             baudrate=9600,
             bits=8,
@@ -232,6 +237,7 @@ class Board(BoardBase):
             timeout=0,
             rxbuf=512,
         )
+        self.uart = uart if _RS485_AUTO_DIRECTION else Rs485(uart, self.uart_de)
         # MFRC522 reader: 1 MHz is far below its 10 MHz limit, for long flying leads.
         self.rfid_cs = Pin(_RFID_CS, Pin.OUT, value=1)
         self.rfid_rst = Pin(_RFID_RST, Pin.OUT, value=1)

@@ -8,6 +8,7 @@ import sys
 import time
 
 from evse.hal import BoardBase
+from evse.rs485 import Rs485
 
 # Replies come from a process on the same host; a silent runner means the world is gone.
 _REPLY_TIMEOUT_S = 5
@@ -83,13 +84,25 @@ class SimUart:
     def __init__(self, world):
         self._w = world
         self._rx = bytearray()
+        self._char_us = 1042  # 10 bits at 9600 baud
+        self._tx_end_us = None
 
     def init(self, baudrate=9600, bits=8, parity=None, stop=1):
+        self._char_us = 10000000 // baudrate
         self._w.send(b"B %d\n" % baudrate)
 
     def write(self, buf):
         self._w.send(b"U " + binascii.hexlify(buf) + b"\n")
+        self._tx_end_us = time.ticks_add(time.ticks_us(), len(buf) * self._char_us)
         return len(buf)
+
+    def flush(self):
+        """Wait until the last stop bit is out, as machine.UART.flush() does."""
+        if self._tx_end_us is not None:
+            left = time.ticks_diff(self._tx_end_us, time.ticks_us())
+            if left > 0:
+                time.sleep_us(left)
+            self._tx_end_us = None
 
     def any(self):
         if not self._rx:
@@ -176,7 +189,9 @@ class Board(BoardBase):
         if "config-file" in opts:
             with open(opts["config-file"]) as f:
                 self.config_overrides += [ln for ln in f.read().split("\n") if ln]
-        self.uart = SimUart(self._w)
+        # The meter line's transceiver: DE is a line to the runner, which delivers a frame
+        # only when sent with DE high and loses a reply that starts while DE is still high.
+        self.uart = Rs485(SimUart(self._w), lambda v: self._w.send(b"D %d\n" % v))
         m = opts.get("meter", "sim")
         if m.startswith("tcp:"):
             self.meter_transport = m
