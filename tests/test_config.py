@@ -129,3 +129,14 @@ def test_pinned_values_win_are_shown_and_cannot_be_set(tmp_path):
     cfg.update({"phases": 3, "mqtt.port": 1999})  # the pinned value itself is fine
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["phases"] == 3 and saved["mqtt.port"] == 8883  # the file keeps its own
+
+
+def test_meter_custom_is_checked_when_set(tmp_path):
+    cfg, _ = make(tmp_path)
+    bad = {"fc": 4, "regs": {"e": [0, "u32", [1, 1]]}, "baud": "fast"}
+    with pytest.raises(ValueError) as e:
+        cfg.update({"meter.custom": bad, "meter.profile": "custom"})
+    assert str(e.value).startswith("out_of_range") and cfg["meter.profile"] == "sdm630"
+    good = {"fc": 4, "regs": {"e": [0, "u32", [1, 1]]}}
+    cfg.update({"meter.custom": good, "meter.profile": "custom"})
+    assert cfg["meter.custom"] == good

@@ -82,7 +82,7 @@ def test_rid_memory_is_bounded_in_count_and_time(tmp_path):
     cmd(api, 0, rid="old", cmd="reboot")
     for i in range(RID_MEMORY):
         cmd(api, 10, rid="n%d" % i, cmd="enable", connector=1)
-    cmd(api, 20, rid="old", cmd="reboot")  # forgotten: pushed out by 32 newer ones
+    cmd(api, 20, rid="old", cmd="reboot")  # forgotten: pushed out by 32 newer rids
     assert link.reboots == 2
     cmd(api, 30, rid="late", cmd="reboot")
     cmd(api, 30 + RID_MEMORY_S * 1000 + 1, rid="late", cmd="reboot")  # too long ago
@@ -94,3 +94,38 @@ def test_read_only_commands_run_again(tmp_path):
     link.diag = lambda now: {"uptime_s": now}
     assert cmd(api, 0, rid="d", cmd="diag")["data"] == {"uptime_s": 0}
     assert cmd(api, 9, rid="d", cmd="diag")["data"] == {"uptime_s": 9}  # fresh data
+
+
+def test_a_rid_reused_for_other_commands_runs_them(tmp_path):
+    """Home Assistant sends every command with rid "ha": disable, enable, disable must all
+    act. Break: recall by (rid, cmd) over all remembered commands -> the second disable is
+    answered from memory and the connector stays enabled."""
+    st, api, link = _api(tmp_path)
+    c = st.connectors[0]
+    cmd(api, 0, rid="ha", cmd="disable", connector=1)
+    assert not c.enabled
+    cmd(api, 10, rid="ha", cmd="enable", connector=1)
+    assert c.enabled
+    cmd(api, 20, rid="ha", cmd="disable", connector=1)
+    assert not c.enabled and api.repeats == 0
+    cmd(api, 30, rid="ha", cmd="disable", connector=1)  # a true retry of the last one
+    assert api.repeats == 1
+
+
+def test_a_meter_setup_that_raises_anything_still_boots(tmp_path):
+    """Break: Metering catching only ValueError/OSError -> TypeError at boot, a boot loop."""
+
+    class BadUart:
+        def init(self, **kw):
+            raise TypeError("driver rejects these settings")
+
+    class UartBoard(FakeBoard):
+        uart = BadUart()
+
+    st = Station(UartBoard(str(tmp_path)))
+    codes = []
+    while st.events.peek() is not None:
+        codes.append(st.events.pop()[1])
+    assert "PowerMeterFailure" in codes and st.metering.bus is None
+    Clock(st).run(100)  # and the control loop runs
+    assert st.exceptions == 0

@@ -274,6 +274,6 @@ def test_read_requests_match_pymodbus_framer(name, slave):
 def test_crc_vectors():
     assert modbus.crc16(b"123456789") == 0x4B37
     assert FramerRTU.compute_CRC(b"123456789") == 0x374B  # pymodbus: bytes in wire order
-    # Digest §6 example frames.
+    # Example frames of docs/standards.md §6.
     assert bytes(modbus.read_request(1, 4, 0x00, 2)) == bytes.fromhex("01040000000271CB")
     assert bytes(modbus.read_request(1, 4, 0x48, 2)) == bytes.fromhex("010400480002F1DD")

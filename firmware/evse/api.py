@@ -12,8 +12,9 @@ MAX_PAYLOAD = 1900  # what fits the MQTT client's receive buffer with its topic
 _MAX_RID = 64
 _MAX_TTL_S = 86400 * 7
 _MAX_REBOOT_DELAY_S = 3600
-# Repeated rids: a backend that lost a reply retries with the same rid; the station answers
-# from memory instead of acting twice (rebooting twice, stopping a new session, ...).
+# Repeated rids: a backend that lost a reply retries with the same rid and payload; the
+# station answers from memory instead of acting twice (rebooting twice, stopping a new
+# session, ...).
 RID_MEMORY = const(32)  # the last 32 answered commands
 RID_MEMORY_S = const(600)  # ... for at most 10 minutes
 _RID_REPLY_MAX = const(384)  # longer replies are remembered without their data
@@ -48,7 +49,7 @@ def _int(args, key, lo, hi, required=True):
     if v is not None and not isinstance(v, int):
         # Many JSON encoders write 600 as 600.0: a number with no fractional part is an
         # integer; 600.5 is not.
-        if v != int(v):
+        if not -1e15 < v < 1e15 or v != int(v):
             raise ApiError("bad_arg", "%s must be an integer" % key)
         v = int(v)
     return v
@@ -75,26 +76,32 @@ class Api:
         self.handled = 0
         self.rejected = 0
         self.repeats = 0
-        self._seen = []  # [rid, cmd, reply, ticks_ms], oldest first, at most RID_MEMORY
+        self._seen = []  # [rid, (len, hash) of the payload, reply, ticks_ms], oldest first
 
-    def _recall(self, rid, name, now):
+    def _recall(self, rid, sig, now):
+        """The remembered reply if this rid's latest command had the same payload."""
         keep_ms = RID_MEMORY_S * 1000
         seen = self._seen
         while seen and ticks_diff(now, seen[0][3]) > keep_ms:
             seen.pop(0)
         for e in seen:
-            if e[0] == rid and e[1] == name:
-                return e[2]
+            if e[0] == rid:
+                return e[2] if e[1] == sig else None
         return None
 
-    def _remember(self, rid, name, reply, now):
+    def _remember(self, rid, sig, name, reply, now):
         if name in _READ_ONLY:
             return
         if "data" in reply and len(json.dumps(reply)) > _RID_REPLY_MAX:
             reply = {"rid": rid, "ok": reply["ok"]}
-        if len(self._seen) >= RID_MEMORY:
-            self._seen.pop(0)
-        self._seen.append([rid, name, reply, now])
+        seen = self._seen
+        for i in range(len(seen)):
+            if seen[i][0] == rid:
+                seen.pop(i)  # only a rid's latest command counts: "ha", "ha", "ha"...
+                break
+        if len(seen) >= RID_MEMORY:
+            seen.pop(0)
+        seen.append([rid, sig, reply, now])
 
     def handle(self, payload, now=None):
         """payload (bytes) -> reply dict. Never raises. A repeat of a recently answered
@@ -103,6 +110,7 @@ class Api:
             now = ticks_ms()
         rid = None
         name = None
+        sig = None
         try:
             if len(payload) > MAX_PAYLOAD:
                 raise ApiError("too_large", "payload over %d bytes" % MAX_PAYLOAD)
@@ -118,7 +126,10 @@ class Api:
             name = obj.get("cmd")
             if not isinstance(name, str) or len(name) > 32:
                 name = None
-            old = self._recall(rid, name, now)
+            # A retry repeats the payload byte for byte; a rid reused for anything else
+            # (Home Assistant sends every command as "ha") is a new command.
+            sig = (len(payload), hash(payload))
+            old = self._recall(rid, sig, now)
             if old is not None:
                 self.repeats += 1
                 return old
@@ -130,14 +141,14 @@ class Api:
             reply = {"rid": rid, "ok": True}
             if data is not None:
                 reply["data"] = data
-            self._remember(rid, name, reply, now)
+            self._remember(rid, sig, name, reply, now)
             return reply
         except ApiError as e:
             self.rejected += 1
             self.st.events.add("warn", "RejectedInput", 0, "%s: %s" % (e.code, e.detail))
             reply = {"rid": rid, "ok": False, "error": e.code, "detail": e.detail}
             if rid is not None:
-                self._remember(rid, name, reply, now)
+                self._remember(rid, sig, name, reply, now)
             return reply
         except Exception as e:  # noqa: BLE001 - a bug in a handler must not kill the link
             self.rejected += 1

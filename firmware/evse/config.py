@@ -84,7 +84,7 @@ def check(key, value):
         value = float(value)
     elif typ is int:
         # 600.0 is how many JSON encoders write 600: integral floats are integers.
-        if isinstance(value, float) and value == value and value == int(value):
+        if isinstance(value, float) and -1e15 < value < 1e15 and value == int(value):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("bad_arg: %s must be an integer" % key)
@@ -181,6 +181,15 @@ class Config:
         new.update(clean)
         if new["thermal.stop_c"] <= new["thermal.derate_c"]:
             raise ValueError("out_of_range: thermal.stop_c must be above thermal.derate_c")
+        if clean.get("meter.custom"):
+            # Checked now, not at the next boot: a map the meter code cannot use would
+            # leave the station without a meter until someone fixes it on site.
+            from evse.meters import custom_profile
+
+            try:
+                custom_profile(clean["meter.custom"])
+            except ValueError as e:
+                raise ValueError("out_of_range: %s" % e) from None
         # Flash first: if the write fails, nothing changes in memory either.
         saved = new
         if self.pinned:

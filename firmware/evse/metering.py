@@ -18,8 +18,10 @@ class Metering:
         self._since_ms = None
         try:
             self._build(board)
-        except (ValueError, OSError) as e:
-            events.add("error", "PowerMeterFailure", 0, "meter setup: %s" % e)
+        except Exception as e:  # noqa: BLE001 - whatever the stored map holds: boot on
+            self.bus = None
+            self.meters = [None] * len(connectors)
+            events.add("error", "PowerMeterFailure", 0, "meter setup: %r" % e)
 
     def _build(self, board):
         """Connector n's meter at slave meter.slave+n-1, on the UART or a TCP gateway."""

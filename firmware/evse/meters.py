@@ -166,9 +166,12 @@ def custom_profile(spec):
             raise ValueError("meter.custom: %s scale must be a number" % q)
         entries.append((q, r[0], r[1], scale))
     mx = spec.get("max", 125)
-    if not isinstance(mx, int) or not 1 <= mx <= 125:
+    if isinstance(mx, bool) or not isinstance(mx, int) or not 1 <= mx <= 125:
         raise ValueError("meter.custom max must be 1..125")
-    return (spec["fc"], order, spec.get("baud", 9600), mx, tuple(entries))
+    baud = spec.get("baud", 9600)
+    if isinstance(baud, bool) or not isinstance(baud, int) or not 1200 <= baud <= 115200:
+        raise ValueError("meter.custom baud must be 1200..115200")
+    return (spec["fc"], order, baud, mx, tuple(entries))
 
 
 class Meter:
