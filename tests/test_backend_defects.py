@@ -5,9 +5,10 @@ import json
 import time
 
 import pytest
+
 from backend import BASE, Backend
 from broker import Broker
-from mqttc import Collector, retained
+from mqttc import Collector
 from scenario import charging
 
 HA = "homeassistant"

@@ -1,10 +1,10 @@
 """Layer 2: the connector state machine on CPython with a fake board and a stepped clock."""
 
 import pytest
-from fakes import Clock, FakeBoard
 
 from evse import pilot
 from evse.station import Station
+from fakes import Clock, FakeBoard
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@ CPython with the in-process fake board."""
 
 import json
 
-from fakes import Clock, FakeBoard
-
 from evse.api import RID_MEMORY, RID_MEMORY_S, Api
 from evse.events import Events, stamp
 from evse.station import Station
+from fakes import Clock, FakeBoard
 
 
 class NoLink:

@@ -15,7 +15,6 @@ import threading
 from fractions import Fraction
 
 import pytest
-from backend import Backend
 from pymodbus import FramerType
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -23,12 +22,13 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInput
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from backend import Backend
 from evse import meters, modbus
 
 SLAVE = 1
 N_REGS = 0x6000  # covers ABB's 0x5B2C, the highest address in the published maps
 
-# -- the register maps, transcribed from docs/standards.md §5 (independent of evse.meters) ----------------
+# -- the register maps, transcribed from docs/standards.md §5 (not from evse.meters) ------
 # name: (function code, word order, {quantity: (address, type, scale)}). `scale` is a decimal
 # string: SI unit (V, A, W, Hz) per raw unit, and for "e" Wh per raw unit.
 _SDM_3P = {

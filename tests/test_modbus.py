@@ -79,13 +79,13 @@ def test_nan_energy_is_an_error():
 
 
 def test_plans_use_few_transactions():
-    for name, (fc, order, baud, mx, entries) in meters.PROFILES.items():
+    for name, (_fc, _order, _baud, mx, entries) in meters.PROFILES.items():
         blocks = meters.plan(entries, mx)
         assert 1 <= len(blocks) <= 3, name
         covered = set()
         for start, count, members in blocks:
             assert count <= mx
-            for q, addr, typ, scale in members:
+            for q, addr, typ, _scale in members:
                 assert start <= addr and addr + meters._WORDS[typ] <= start + count
                 covered.add(q)
         assert covered == {e[0] for e in entries}
@@ -233,7 +233,7 @@ def test_four_meters_on_one_line_all_read():
     class Slaves(Port):
         def write(self, b):
             self.tx.append(bytes(b))
-            slave, fc, start, count = b[0], b[1], (b[2] << 8) | b[3], (b[4] << 8) | b[5]
+            slave, fc, count = b[0], b[1], (b[4] << 8) | b[5]
             self.rx += modbus.frame(slave, fc, bytes((2 * count,)) + bytes(2 * count))
             return len(b)
 

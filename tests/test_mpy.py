@@ -58,7 +58,8 @@ print('core ok')
 
 def test_core_runs_on_micropython():
     r = subprocess.run(
-        [os.path.join(BIN, "micropython"), "-c", CORE_ON_UNIX_PORT % os.path.join(ROOT, "firmware")],
+        [os.path.join(BIN, "micropython"), "-c",
+         CORE_ON_UNIX_PORT % os.path.join(ROOT, "firmware")],
         capture_output=True,
         text=True,
         timeout=30,

@@ -5,9 +5,9 @@ frames whose DE falls early and loses replies that start while DE is still high)
 import time
 
 import pytest
-from simctl import Station
 
 from evse.rs485 import Rs485
+from simctl import Station
 
 
 class Uart:

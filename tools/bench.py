@@ -178,9 +178,9 @@ def bandwidth():
     """Bytes per hour on the wire (MQTT packets, both directions) at default settings:
     packet sizes measured from a live station, multiplied by the default cadences."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from mqttc import Collector
-
     import json
+
+    from mqttc import Collector
 
     with Broker() as b:
         mq = Collector(b.port, "evse/#")
@@ -231,8 +231,9 @@ def bandwidth():
 def link_conditions():
     """Loop gap and C->B reaction while the link is refused, hung, flooded or restarted."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from broker import free_port
     from test_link_resilience import HungBroker
+
+    from broker import free_port
 
     out = []
 
@@ -314,7 +315,7 @@ def meter_polls():
         return sum((8 + 5 + 2 * c) * char_ms + 2 * t35 for _, c in blocks)
 
     rows = []
-    for name, (fc, order, baud, mx, entries) in meters.PROFILES.items():
+    for name, (_fc, _order, _baud, mx, entries) in meters.PROFILES.items():
         plan = [(s, c) for s, c, _ in meters.plan(entries, mx)]
         naive = [(e[1], meters._WORDS[e[2]]) for e in entries]
         need = sum(meters._WORDS[e[2]] for e in entries)

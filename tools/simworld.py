@@ -401,7 +401,7 @@ class World:
 
     def op_ev(self, req, t):
         c = self._conn(req)
-        for k, typ in (("request", bool), ("vent", bool), ("diode", bool)):
+        for k in ("request", "vent", "diode"):
             if k in req:
                 if not isinstance(req[k], bool):
                     raise ValueError("%s must be a boolean" % k)

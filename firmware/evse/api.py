@@ -173,7 +173,8 @@ class Api:
         amps = _num(args, "current_a", 0, 80)
         ttl = _int(args, "ttl_s", 1, _MAX_TTL_S, required=False)
         lim = self._limits(cid)
-        lim.set("backend", int(amps * 10 + 0.5) / 10, None if ttl is None else ticks_add(now, ttl * 1000))
+        expires = None if ttl is None else ticks_add(now, ttl * 1000)
+        lim.set("backend", int(amps * 10 + 0.5) / 10, expires)
         lim.clear("failsafe")  # the backend spoke again: its word replaces the failsafe
         return None
 

@@ -199,7 +199,8 @@ class Connector:
             if ticks_diff(now, self._contactor_ms) > _FEEDBACK_SETTLE_MS:
                 if fb:
                     self.set_fault(
-                        "PowerSwitchFailure", CLEAR_WELD, now, "contactor welded: closed while commanded open"
+                        "PowerSwitchFailure", CLEAR_WELD, now,
+                        "contactor welded: closed while commanded open",
                     )
                 elif self.fault != "PowerSwitchFailure":
                     self._set_contactor(False, now)
@@ -225,7 +226,8 @@ class Connector:
                 if self._diode_bad >= 2:
                     self._set_contactor(False, now)
                     self.set_fault(
-                        "EVCommunicationError", CLEAR_UNPLUG, now, "no EV diode (CP low %d mV)" % low_mv
+                        "EVCommunicationError", CLEAR_UNPLUG, now,
+                        "no EV diode (CP low %d mV)" % low_mv,
                     )
             else:
                 self._diode_bad = 0

@@ -31,7 +31,7 @@ def configs(station, base):
         sel = "value_json.connectors[%d]" % (n - 1)
         uid = "%s_c%d" % (sid, n)
 
-        def ent(component, key, cfg):
+        def ent(component, key, cfg, uid=uid):
             cfg.update(avail)
             cfg["unique_id"] = "%s_%s" % (uid, key)
             # object_id is deprecated since Home Assistant 2025.10 (gone in 2026.4).
@@ -55,7 +55,8 @@ def configs(station, base):
         yield ent("sensor", "power", {
             "name": "Connector %d power" % n,
             "state_topic": base + "/meter",
-            "value_template": "{{ value_json.p_w if value_json.connector == %d else this.state }}" % n,
+            "value_template":
+                "{{ value_json.p_w if value_json.connector == %d else this.state }}" % n,
             "unit_of_measurement": "W",
             "device_class": "power",
             "state_class": "measurement",

@@ -1,7 +1,7 @@
 """Energy meter profiles as data, register decoding, and a meter that polls over a Bus.
 
-Register numbers are 0-based PDU addresses (docs/standards.md §5). Energy becomes integer Wh exactly:
-float32 registers are decoded bit by bit into a rational and rounded once, so a single-
+Register numbers are 0-based PDU addresses (docs/standards.md §5). Energy becomes integer
+Wh exactly: float32 registers are decoded bit by bit into a rational and rounded once, so a single-
 precision MicroPython float never touches the energy value (resolution = the register's own:
 float32 kWh is exact to 1 Wh below 8 388 kWh, 2 Wh below 16 777 kWh, and so on)."""
 

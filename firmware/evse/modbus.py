@@ -104,7 +104,9 @@ def char_us(baud, bits=10):
 
 
 def t35_us(baud):
-    """Inter-frame silence: 3.5 characters, fixed 1.75 ms above 19200 baud (docs/standards.md §6)."""
+    """Inter-frame silence: 3.5 characters, fixed 1.75 ms above 19200 baud.
+
+    docs/standards.md §6."""
     return 1750 if baud > 19200 else 35 * char_us(baud) // 10
 
 
