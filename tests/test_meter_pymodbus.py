@@ -249,7 +249,7 @@ def test_station_reads_meter(tmp_path, gateway, name):
         config.append(CUSTOM_ARG)
     b = Backend(tmp_path, config=config, meter="tcp:127.0.0.1:%d" % gateway.port)
     try:
-        got = b.mq.wait_json("/meter", timeout=15)
+        got = b.mq.wait_json("/meter", since=0, timeout=15)  # a fresh broker: all is new
     finally:
         b.stop()
     assert isinstance(got.pop("ts"), int)

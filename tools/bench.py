@@ -188,9 +188,9 @@ def bandwidth():
         st = Station(state_dir=d, broker="127.0.0.1:%d" % b.port)
         try:
             st.op("ev", respond_s=0.1)
-            mq.wait_json("/meter")
-            idle_status = mq.wait_json("/status")
-            idle_meter = mq.wait_json("/meter")
+            mq.wait_json("/meter", since=0)  # this station's first messages (fresh broker)
+            idle_status = mq.wait_json("/status", since=0)
+            idle_meter = mq.wait_json("/meter", since=0)
             cfg = None
             for t, p, _ in mq.msgs:
                 if t.endswith("/config"):
