@@ -8,11 +8,14 @@ import subprocess
 import time
 
 import pytest
-from backend import BASE, Backend, retained
+
+from backend import BASE, Backend
 from broker import Broker
-from mqttc import Collector
-from scenario import charging
+from mqttc import Collector, retained
+from scenario import broker_log, charging, next_event, wait_event, wait_log, wait_loops
 from simctl import Station
+
+DUTY_8A = 13.3  # the failsafe current's duty (8 A / 0.6 A per %)
 
 
 def test_failsafe_after_link_loss_until_backend_speaks(tmp_path):
@@ -25,25 +28,36 @@ def test_failsafe_after_link_loss_until_backend_speaks(tmp_path):
         assert be.cmd("set_limit", connector=1, current_a=20)["ok"]
         be.st.wait_for(lambda s: s["offered_a"] == 20.0)
         be.mq.stop()
-        t_down = time.monotonic()
+        n = next_event(be.st)
+        t_kill = be.st.op("get")["now_us"]  # world clock, read just before the kill
         broker.proc.kill()
         broker.proc.wait()
-        s = be.st.wait_for(lambda s: s["offered_a"] == 8.0, timeout=15, interval=0.05)
-        waited = time.monotonic() - t_down
+        fs = wait_event(be.st, "pwm", since=n, timeout=15)
+        assert fs["value"] == DUTY_8A, fs  # the first duty change: down to the failsafe
+        waited = (fs["t_us"] - t_kill) / 1e6
         # A killed broker's socket closes at once, so the station counts from the kill:
-        # never before 5 s, and not much later (the poll interval of this test is 50 ms).
+        # not before 5 s (a few ms of loop granularity aside), and not much later.
         print("failsafe applied %.2f s after the broker died" % waited)
-        assert 5.0 <= waited <= 7.0, waited
+        assert 4.9 <= waited <= 8.0, waited
+        assert be.st.op("get")["offered_a"] == 8.0
         broker2 = Broker(port=broker.port, allow_fallback=False)
-        be.mq = Collector(broker.port, "#")
-        s = be.status(lambda c: c["state"] == "Charging", timeout=15)
+        be.mq = Collector(broker.port, "#")  # a new broker: nothing retained, nothing old
+        m = be.mark()
+        be.wait_online(since=m)
+        s = be.status(lambda c: c["state"] == "Charging", since=m, timeout=15)
         assert s["connectors"][0]["limit_by"] == "failsafe"
         assert s["connectors"][0]["limit_a"] == 8.0
-        # Reconnected but the failsafe holds until the backend sets a limit again.
-        time.sleep(6)
+        # Reconnected, and the failsafe holds until the backend sets a limit again: 6 s
+        # (world clock) after it was applied, with the link answering commands ...
+        be.st.wait_for(lambda g: g["now_us"] >= fs["t_us"] + 6_000_000, timeout=10,
+                       interval=0.1)
+        assert be.cmd("diag")["data"]["reconnects"] >= 1
+        # ... the duty has not moved since.
+        assert [e for e in be.st.ctl.events(fs["i"] + 1) if e["what"] == "pwm"] == []
         assert be.st.op("get")["offered_a"] == 8.0
+        m = be.mark()
         assert be.cmd("set_limit", connector=1, current_a=16)["ok"]
-        be.status(lambda c: c["limit_by"] == "backend" and c["limit_a"] == 16.0)
+        be.status(lambda c: c["limit_by"] == "backend" and c["limit_a"] == 16.0, since=m)
     finally:
         be.stop()
         broker.stop()
@@ -56,8 +70,19 @@ def test_no_backend_limit_no_failsafe(tmp_path):
                  config=["failsafe_after_s=5", "failsafe_current_a=8"])
     try:
         charging(st)
-        time.sleep(6)
-        assert st.op("get")["offered_a"] == 32.0  # nothing set by a backend: nothing replaced
+        n = next_event(st)
+        t0 = st.op("get")["now_us"]  # after boot, where the failsafe starts counting
+        # Positive evidence: the link is down (the station tried and was refused) ...
+        end = time.monotonic() + 5
+        while "mqtt 127.0.0.1:1:" not in st.stderr() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "mqtt 127.0.0.1:1:" in st.stderr()
+        # ... and more than failsafe_after_s passed by the world clock, the firmware running.
+        st.wait_for(lambda g: g["now_us"] >= t0 + 6_000_000, timeout=10, interval=0.1)
+        wait_loops(st, 100)
+        # Nothing set by a backend: nothing replaced, the duty never moved.
+        assert [e for e in st.ctl.events(n) if e["what"] == "pwm"] == []
+        assert st.op("get")["offered_a"] == 32.0
     finally:
         st.stop()
 
@@ -102,21 +127,30 @@ def tls_broker(pki):
     return b, tls_port
 
 
+def _tls_station(state, tls_port, password):
+    return Station(state_dir=str(state), config=[
+        'mqtt.host="127.0.0.1"', "mqtt.port=%d" % tls_port, "mqtt.tls=true",
+        'mqtt.user="station"', 'mqtt.password="%s"' % password])
+
+
 def test_tls_with_ca_verification_and_credentials(tmp_path, pki):
     b, tls_port = tls_broker(pki)
     state = tmp_path / "flash"
     state.mkdir()
     shutil.copy(pki / "ca.pem", state / "ca.pem")
     mq = Collector(b.port, "#")
+    m = mq.mark()
     st = None
     try:
-        st = Station(state_dir=str(state), config=[
-            'mqtt.host="127.0.0.1"', "mqtt.port=%d" % tls_port, "mqtt.tls=true",
-            'mqtt.user="station"', 'mqtt.password="s3cret"'])
-        mq.wait(lambda m: m[0] == BASE + "/online" and m[1] == b"online", timeout=15,
-                what="online over TLS")
-        s = mq.wait_json("/status")
+        st = _tls_station(state, tls_port, "s3cret")
+        mq.wait(lambda x: x[0] == BASE + "/online" and x[1] == b"online", since=m,
+                timeout=15, what="online over TLS")
+        s = mq.wait_json(BASE + "/status", since=m)
         assert s["connectors"][0]["state"] == "Available"
+        # It came in on the TLS listener, logged in as "station".
+        log = broker_log(b)
+        assert "on port %d." % tls_port in log
+        assert "as evse-435031 (p2, c1, k120, u'station')" in log, log[-1500:]
         assert "s3cret" not in st.stderr()
     finally:
         if st:
@@ -125,21 +159,38 @@ def test_tls_with_ca_verification_and_credentials(tmp_path, pki):
         b.stop()
 
 
+# What mosquitto logs when the station refuses the broker's certificate (a TLS alert: the
+# handshake was attempted and failed on the station's side) or the broker refuses the
+# password (TLS worked, then CONNACK code 5). A station that never tried TLS would make the
+# broker log "wrong version number" instead.
+REFUSED = {
+    "wrong_ca": "tlsv1 alert unknown ca",
+    "wrong_password": "Client <unknown> disconnected, not authorised.",
+}
+
+
 @pytest.mark.parametrize("case", ["wrong_ca", "wrong_password"])
 def test_tls_refuses_bad_ca_or_credentials(tmp_path, pki, case):
     b, tls_port = tls_broker(pki)
     state = tmp_path / "flash"
     state.mkdir()
     shutil.copy(pki / ("other.pem" if case == "wrong_ca" else "ca.pem"), state / "ca.pem")
-    pw = "nope" if case == "wrong_password" else "s3cret"
     mq = Collector(b.port, "#")
+    m = mq.mark()
     st = None
     try:
-        st = Station(state_dir=str(state), config=[
-            'mqtt.host="127.0.0.1"', "mqtt.port=%d" % tls_port, "mqtt.tls=true",
-            'mqtt.user="station"', 'mqtt.password="%s"' % pw])
-        time.sleep(4)
-        assert not [m for m in mq.msgs if m[0].startswith("evse/")]
+        st = _tls_station(state, tls_port, "nope" if case == "wrong_password" else "s3cret")
+        # Positive evidence first: the station connected to the TLS listener and the
+        # attempt failed the way this case should, twice (it retries, and fails again).
+        log = wait_log(b, "on port %d." % tls_port, timeout=10)
+        end = time.monotonic() + 10
+        while log.count(REFUSED[case]) < 2 and time.monotonic() < end:
+            time.sleep(0.1)
+            log = broker_log(b)
+        assert log.count(REFUSED[case]) >= 2, log[-2000:]
+        # ... so it never got to publish anything.
+        assert not [x for x in mq.after(m) if x[0].startswith("evse/")]
+        assert retained(b.port, "evse/#", timeout=0.5) == []
         charging(st)  # and the charger does not care
     finally:
         if st:
@@ -148,50 +199,67 @@ def test_tls_refuses_bad_ca_or_credentials(tmp_path, pki, case):
         b.stop()
 
 
+HA_UID = "evse-435031_c1"
+HA_TOPICS = {
+    "homeassistant/sensor/%s/state/config" % HA_UID,
+    "homeassistant/sensor/%s/offered/config" % HA_UID,
+    "homeassistant/sensor/%s/power/config" % HA_UID,
+    "homeassistant/sensor/%s/energy/config" % HA_UID,
+    "homeassistant/number/%s/limit/config" % HA_UID,
+    "homeassistant/switch/%s/enabled/config" % HA_UID,
+}
+
+
 def test_home_assistant_discovery(tmp_path):
-    be = Backend(tmp_path, config=["ha_discovery=true"])
+    be = Backend(tmp_path, config=["ha_discovery=true"], station=False)
     try:
-        uid = "evse-435031_c1"
-        want = {
-            "homeassistant/sensor/%s/state/config" % uid,
-            "homeassistant/sensor/%s/offered/config" % uid,
-            "homeassistant/sensor/%s/power/config" % uid,
-            "homeassistant/sensor/%s/energy/config" % uid,
-            "homeassistant/number/%s/limit/config" % uid,
-            "homeassistant/switch/%s/enabled/config" % uid,
-        }
+        m = be.mark()
+        be.start_station()
         end = time.monotonic() + 5
         while time.monotonic() < end:
-            got = {m[0]: m for m in be.mq.msgs if m[0].startswith("homeassistant/")}
-            if want <= set(got):
+            got = {x[0]: x for x in be.mq.after(m) if x[0].startswith("homeassistant/")}
+            if HA_TOPICS <= set(got):
                 break
             time.sleep(0.05)
-        assert want <= set(got)
-        for topic in want:
+        assert HA_TOPICS <= set(got)
+        for topic in HA_TOPICS:
             payload = got[topic][1]
-            assert retained(be.broker.port, topic) == (payload, True)
+            assert retained(be.broker.port, topic, first=True) == [(topic, payload)]
             cfg = json.loads(payload)
             assert cfg["availability_topic"] == BASE + "/online"
-            assert cfg["unique_id"].startswith(uid) and cfg["device"]["identifiers"]
+            assert cfg["unique_id"].startswith(HA_UID) and cfg["device"]["identifiers"]
             assert cfg["state_topic"].startswith(BASE + "/")
-        num = json.loads(got["homeassistant/number/%s/limit/config" % uid][1])
+        num = json.loads(got["homeassistant/number/%s/limit/config" % HA_UID][1])
         assert num["command_topic"] == BASE + "/cmd"
         # The number's command template renders into a valid set_limit command.
         cmd = json.loads(num["command_template"].replace("{{ value }}", "12.5"))
         assert cmd["cmd"] == "set_limit" and cmd["current_a"] == 12.5
+        m = be.mark()
         be.publish(BASE + "/cmd", cmd)
-        be.status(lambda c: c["limit_a"] == 12.5 and c["limit_by"] == "backend")
-        sw = json.loads(got["homeassistant/switch/%s/enabled/config" % uid][1])
+        be.status(lambda c: c["limit_a"] == 12.5 and c["limit_by"] == "backend", since=m)
+        sw = json.loads(got["homeassistant/switch/%s/enabled/config" % HA_UID][1])
+        m = be.mark()
         be.publish(BASE + "/cmd", sw["payload_off"])
-        be.status(lambda c: c["state"] == "Unavailable")
+        be.status(lambda c: c["state"] == "Unavailable", since=m)
     finally:
         be.stop()
 
 
 def test_no_discovery_by_default(tmp_path):
-    be = Backend(tmp_path)
+    be = Backend(tmp_path, station=False)
     try:
-        time.sleep(1)
-        assert not [m for m in be.mq.msgs if m[0].startswith("homeassistant/")]
+        m = be.mark()
+        be.start_station()
+        # Positive evidence: the connect burst went out (status and a meter reading are
+        # published in the same telemetry pass, just before discovery would be) and the
+        # firmware kept running well past it.
+        be.status(lambda c: c["state"] == "Available", since=m)
+        be.mq.wait_json(BASE + "/meter", since=m)
+        wait_loops(be.st, 100)
+        assert be.cmd("diag")["ok"]
+        assert not [x for x in be.mq.after(m) if x[0].startswith("homeassistant/")]
+        got = dict(retained(be.broker.port, "#", timeout=1.0))
+        assert BASE + "/status" in got  # a fresh subscriber sees the station's retains ...
+        assert not [t for t in got if t.startswith("homeassistant/")], got  # ... and no HA
     finally:
         be.stop()

@@ -98,11 +98,19 @@ def test_fuzz_commands(tmp_path):
         want = {rid for _, rid in cases if rid is not None}
         end = time.monotonic() + 30
         while time.monotonic() < end:
-            replies = [m_[1] for m_ in be.mq.msgs[m:] if m_[0].endswith("/reply")]
-            if len(replies) >= N:
+            if len([x for x in be.mq.after(m) if x[0].endswith("/reply")]) >= N:
                 break
             time.sleep(0.1)
-        replies = [json.loads(r) for r in replies]
+        # Commands are answered in order: every reply to the fuzz comes before this one's,
+        # so counting up to it counts them all, late duplicates included.
+        after = be.cmd("config_get")
+        replies = []
+        for topic, payload, _ in be.mq.after(m):
+            if topic.endswith("/reply"):
+                r = json.loads(payload)
+                if r.get("rid") == after["rid"]:
+                    break
+                replies.append(r)
         if len(replies) != N:
             print("diag:", be.cmd("diag")["data"])
             got_rids = {r.get("rid") for r in replies}
@@ -115,7 +123,7 @@ def test_fuzz_commands(tmp_path):
         assert all(isinstance(r["ok"], bool) for r in replies)
         s = be.st.op("get")
         assert s["contactor"] and s["ev_i"][0] == 32.0  # still charging at full current
-        assert be.cmd("config_get")["data"] == before
+        assert after["data"] == before
         assert be.st.proc.poll() is None and "firmware exited" not in be.st.stderr()
     finally:
         be.stop()
