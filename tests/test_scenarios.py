@@ -153,8 +153,10 @@ def test_rcd_fault_still_present_keeps_faulted_after_unplug(backends):
     st = be.st
     plugged = be.mark()
     charging(st)
+    n = next_event(st)
     st.op("fault", kind="rcd", on=True)
     st.wait_for(lambda s: not s["contactor"])
+    wait_event(st, "pilot", "+12", since=n)  # after the fault's F pulse: X1
     n = next_event(st)
     # The station saw the unplug (where the RCD self-test runs, and fails: the residual
     # current is still there) and the plug-in after it ...
@@ -162,8 +164,9 @@ def test_rcd_fault_still_present_keeps_faulted_after_unplug(backends):
     c = s["connectors"][0]
     assert c["state"] == "Faulted" and c["error"] == "GroundFailure", c
     wait_loops(st, 100)
-    # ... and offered nothing.
-    assert [e for e in st.ctl.events(n) if e["what"] == "pwm" and e["value"] is not None] == []
+    # ... offered nothing, and the fault stayed latched: a fault cleared and raised again
+    # would pulse the pilot to -12 V (state F) once more.
+    assert [e for e in st.ctl.events(n) if e["what"] in ("pwm", "pilot")] == []
     s = st.op("get")
     assert s["pwm_duty_pct"] is None and not s["contactor"]
 
@@ -180,12 +183,14 @@ def test_welded_contactor_stays_faulted_without_pwm(backends):
     assert s["contactor_feedback"]  # welded: the contacts did not follow
     st.wait_for(lambda s: s["pwm_duty_pct"] is None, what="no PWM (faulted)")
     be.status(lambda c: c["error"] == "PowerSwitchFailure", since=m)
+    st.wait_for(lambda s: s["cp_high_v"] == 9.0, what="X1 after the fault's F pulse")
     n = next_event(st)
     s = replug(be, plugged)  # the station saw the unplug and the new plug-in
     c = s["connectors"][0]
     assert c["state"] == "Faulted" and c["error"] == "PowerSwitchFailure", c
     wait_loops(st, 100)
-    assert [e for e in st.ctl.events(n) if e["what"] in ("pwm", "contactor")] == []
+    # Latched: no new F pulse (cleared and raised again), no PWM, no switching.
+    assert [e for e in st.ctl.events(n) if e["what"] in ("pwm", "contactor", "pilot")] == []
     s = st.op("get")
     assert s["pwm_duty_pct"] is None and not s["contactor"]  # still welded: still faulted
 
