@@ -2,6 +2,8 @@
 
 from evse.hal import BoardBase
 
+TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32
+
 LEVEL_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000, "E": 0}
 
 
@@ -101,14 +103,16 @@ class FakeBoard(BoardBase):
 
 
 class Clock:
-    """Drives a Station step by step in simulated milliseconds."""
+    """Drives a Station step by step in simulated milliseconds, as ESP32 ticks: they wrap
+    at 2^30 (`start` near that makes a test cross the wrap)."""
 
     def __init__(self, station):
         self.st = station
-        self.now = 1000
+        self.now = station.boot_ms  # Station(..., now=2**30 - 60000): the wrap comes soon
 
     def run(self, ms, step=5):
-        end = self.now + ms
-        while self.now < end:
-            self.now += step
+        while ms > 0:
+            d = min(step, ms)
+            ms -= d
+            self.now = (self.now + d) & (TICKS_PERIOD - 1)
             self.st.step(self.now)

@@ -29,6 +29,7 @@ import pytest
 
 import evse
 from evse.api import Api
+from evse.clock import Uptime
 from evse.config import SCHEMA
 from evse.events import Events
 from evse.limits import SOURCES
@@ -259,6 +260,7 @@ class _Station:
 
     def __init__(self):
         self.events = Events()
+        self.uptime = Uptime(0)
 
 
 def command_problems(md, api_cls=Api):

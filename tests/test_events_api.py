@@ -4,6 +4,7 @@ CPython with the in-process fake board."""
 import json
 
 from evse.api import RID_MEMORY, RID_MEMORY_S, Api
+from evse.clock import Uptime
 from evse.events import Events, stamp
 from evse.station import Station
 from fakes import Clock, FakeBoard
@@ -30,12 +31,30 @@ def test_event_stamped_when_it_happens():
 
 
 def test_event_before_the_clock_was_set_is_dated_back():
-    ev = Events(clock=lambda: None)
+    up = Uptime(0)
+    up.tick(3000)
+    ev = Events(clock=lambda: None, uptime=up)
     ev.add("info", "Connected", 0, "x")
     e = ev.pop()
-    # 7 s of ticks later the clock reads 1764000000: the event was 7 s before that.
-    assert stamp(e, 1764000000, e[5] + 7000) == 1764000000 - 7
-    assert stamp(e, None, e[5] + 7000) is None
+    # 7 s of uptime later the clock reads 1764000000: the event was 7 s before that.
+    up.tick(10000)
+    assert stamp(e, 1764000000, up.s) == 1764000000 - 7
+    assert stamp(e, None, up.s) is None
+
+
+def test_event_queued_for_a_week_offline_is_dated_right():
+    # Ticks wrap every 2^30 ms (12.4 days) and differ right only within 2^29 ms: an event
+    # that waited 7 days for the link must still be dated 7 days back, not days off.
+    up = Uptime(2**30 - 5000)  # ticks about to wrap
+    ev = Events(clock=lambda: None, uptime=up)
+    ev.add("warn", "Failsafe", 0, "link down")
+    e = ev.pop()
+    now = 2**30 - 5000
+    for _ in range(7 * 24 * 60):  # a week, a minute at a time, as the loop would count it
+        now = (now + 60000) & (2**30 - 1)
+        up.tick(now)
+    assert up.s == 7 * 24 * 3600
+    assert stamp(e, 1764000000, up.s) == 1764000000 - 7 * 24 * 3600
 
 
 def test_repeats_coalesce_others_queue_and_overflow_is_counted():
@@ -84,8 +103,29 @@ def test_rid_memory_is_bounded_in_count_and_time(tmp_path):
     cmd(api, 20, rid="old", cmd="reboot")  # forgotten: pushed out by 32 newer rids
     assert link.reboots == 2
     cmd(api, 30, rid="late", cmd="reboot")
-    cmd(api, 30 + RID_MEMORY_S * 1000 + 1, rid="late", cmd="reboot")  # too long ago
+    st.uptime.s += RID_MEMORY_S  # not yet too long ago: a retry
+    cmd(api, 40, rid="late", cmd="reboot")
+    assert link.reboots == 3
+    st.uptime.s += 1  # now it is
+    cmd(api, 50, rid="late", cmd="reboot")
     assert link.reboots == 4
+
+
+def test_a_rid_from_a_week_ago_acts_again(tmp_path):
+    """A backend that numbers its commands from 1 after its own restart reuses a rid from
+    days ago: the station must act on it, not answer from memory. Ticks wrap (2^30 ms, and
+    ticks_diff is right only within 2^29 ms), so this needs the whole week on the clock.
+    Break: remember rids by ticks_ms -> the old reply comes back and nothing happens."""
+    st = Station(FakeBoard(str(tmp_path)), now=2**30 - 60000)  # ticks wrap a minute after boot
+    clk = Clock(st)
+    clk.run(50)
+    api, link = Api(st, NoLink()), None
+    link = api.link
+    api.handle(json.dumps({"rid": "1", "cmd": "reboot"}).encode(), clk.now)
+    assert link.reboots == 1
+    clk.run(7 * 24 * 3600 * 1000, step=60000)
+    api.handle(json.dumps({"rid": "1", "cmd": "reboot"}).encode(), clk.now)
+    assert link.reboots == 2 and api.repeats == 0
 
 
 def test_read_only_commands_run_again(tmp_path):

@@ -163,6 +163,7 @@ class Runner:
         # ".frozen" first: the unix port's own frozen modules (ssl, asyncio, ...).
         paths = [".frozen", os.path.join(ROOT, "boards", "sim"), os.path.join(ROOT, "lib")]
         env["MICROPYPATH"] = ":".join(paths)
+        env["EVSE_TICKS_WRAP_MS"] = str(int(self.args.ticks_wrap_s * 1000))
         return env
 
     def supervise(self):
@@ -215,6 +216,9 @@ def parse(argv=None):
     ap.add_argument("--meter", default="sim", help="sim (built-in SDM630) or tcp:HOST:PORT")
     ap.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 256k or 96wk")
     ap.add_argument("--config", action="append", help="key=value (JSON), first boot only")
+    ap.add_argument("--ticks-wrap-s", type=float, default=2.0,
+                    help="ticks_ms/ticks_us wrap (at 2^30, as on the ESP32) this long after "
+                         "each boot (default 2)")
     ap.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.meter != "sim" and not a.meter.startswith("tcp:"):

@@ -6,7 +6,7 @@ changes nothing. Errors are raised as ApiError(code, detail) and become ok:false
 
 import json
 
-from evse.compat import const, ticks_add, ticks_diff, ticks_ms
+from evse.compat import const, ticks_ms
 
 MAX_PAYLOAD = 1900  # what fits the MQTT client's receive buffer with its topic
 _MAX_RID = 64
@@ -76,20 +76,22 @@ class Api:
         self.handled = 0
         self.rejected = 0
         self.repeats = 0
-        self._seen = []  # [rid, (len, hash) of the payload, reply, ticks_ms], oldest first
+        self._seen = []  # [rid, (len, hash) of the payload, reply, uptime_s], oldest first
 
-    def _recall(self, rid, sig, now):
+    def _recall(self, rid, sig):
         """The remembered reply if this rid's latest command had the same payload."""
-        keep_ms = RID_MEMORY_S * 1000
         seen = self._seen
-        while seen and ticks_diff(now, seen[0][3]) > keep_ms:
+        # Uptime seconds, not ticks: after days without commands a ticks stamp would
+        # read as recent again and an old reply would answer a new command.
+        now_s = self.st.uptime.s
+        while seen and now_s - seen[0][3] > RID_MEMORY_S:
             seen.pop(0)
         for e in seen:
             if e[0] == rid:
                 return e[2] if e[1] == sig else None
         return None
 
-    def _remember(self, rid, sig, name, reply, now):
+    def _remember(self, rid, sig, name, reply):
         if name in _READ_ONLY:
             return
         if "data" in reply and len(json.dumps(reply)) > _RID_REPLY_MAX:
@@ -101,7 +103,7 @@ class Api:
                 break
         if len(seen) >= RID_MEMORY:
             seen.pop(0)
-        seen.append([rid, sig, reply, now])
+        seen.append([rid, sig, reply, self.st.uptime.s])
 
     def handle(self, payload, now=None):
         """payload (bytes) -> reply dict. Never raises. A repeat of a recently answered
@@ -129,7 +131,7 @@ class Api:
             # A retry repeats the payload byte for byte; a rid reused for anything else
             # (Home Assistant sends every command as "ha") is a new command.
             sig = (len(payload), hash(payload))
-            old = self._recall(rid, sig, now)
+            old = self._recall(rid, sig)
             if old is not None:
                 self.repeats += 1
                 return old
@@ -141,14 +143,14 @@ class Api:
             reply = {"rid": rid, "ok": True}
             if data is not None:
                 reply["data"] = data
-            self._remember(rid, sig, name, reply, now)
+            self._remember(rid, sig, name, reply)
             return reply
         except ApiError as e:
             self.rejected += 1
             self.st.events.add("warn", "RejectedInput", 0, "%s: %s" % (e.code, e.detail))
             reply = {"rid": rid, "ok": False, "error": e.code, "detail": e.detail}
             if rid is not None:
-                self._remember(rid, sig, name, reply, now)
+                self._remember(rid, sig, name, reply)
             return reply
         except Exception as e:  # noqa: BLE001 - a bug in a handler must not kill the link
             self.rejected += 1
@@ -173,7 +175,9 @@ class Api:
         amps = _num(args, "current_a", 0, 80)
         ttl = _int(args, "ttl_s", 1, _MAX_TTL_S, required=False)
         lim = self._limits(cid)
-        expires = None if ttl is None else ticks_add(now, ttl * 1000)
+        # Expiry in uptime seconds (a TTL may be days, past ticks_diff's range); +1: the
+        # second now under way has partly passed, so the limit never lapses early.
+        expires = None if ttl is None else self.st.uptime.s + ttl + 1
         lim.set("backend", int(amps * 10 + 0.5) / 10, expires)
         lim.clear("failsafe")  # the backend spoke again: its word replaces the failsafe
         return None

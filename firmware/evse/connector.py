@@ -1,7 +1,7 @@
 """Layer 2: one connector's charging state machine (IEC 61851-1 sequences, OCPP 1.6 states)."""
 
 from evse import pilot
-from evse.compat import const, ticks_diff
+from evse.compat import age_cap, const, ticks_add, ticks_diff
 from evse.limits import Limits
 from evse.pp import cable_a
 from evse.rcd import FAILED, IDLE, PASSED, RcdSelfTest
@@ -31,6 +31,8 @@ _FEEDBACK_SETTLE_MS = const(250)
 _SETTLE_SAMPLES = const(2)
 # Retry a failed RCD self-test this often while latched.
 _RCD_RETRY_MS = const(30000)
+# Longer than every window above: the age at which a stored stamp stops ageing (ticks wrap).
+_STALE_MS = const(60000)
 
 PLUGGED = (pilot.B, pilot.C, pilot.D)
 
@@ -40,8 +42,10 @@ class Connector:
     outputs. Transitions happen in step(); the only other ways to the outputs are the
     safety exits below (force_safe, fail_internal, shutdown), all of them towards off."""
 
-    def __init__(self, cid, hal, cfg, events):
+    def __init__(self, cid, hal, cfg, events, uptime):
         self.id = cid
+        self._uptime = uptime
+        long_ago = ticks_add(uptime.boot_ms, -_STALE_MS)
         self._hal = hal
         self._cfg = cfg
         self._events = events
@@ -54,15 +58,15 @@ class Connector:
         self.fault = None  # OCPP ChargePointErrorCode while Faulted
         self.fault_detail = None
         self._fault_clear = CLEAR_UNPLUG
-        self._fault_ms = 0
-        self._rcd_retry_ms = 0
+        self._fault_ms = long_ago
+        self._rcd_retry_ms = long_ago
         self.contactor = False
-        self._contactor_ms = 0
+        self._contactor_ms = long_ago
         self.out = None  # unknown until the first step forces an output
         self.duty = None  # duty_u16 while OUT_PWM
         self._duty_ms = None  # last duty change; None = the next PWM start is immediate
         self._out_samples = 0
-        self._x1_ms = 0
+        self._x1_ms = long_ago
         self._creq_ms = None  # since when a settled C under this PWM asks for power
         self._diode_bad = 0
         self._diode_seen = False  # a passing diode check since the PWM (re)started
@@ -179,6 +183,7 @@ class Connector:
     def step(self, now, station_limits, thermal_stop):
         hal = self._hal
         cfg = self._cfg
+        self._age_stamps(now)
         high_mv, low_mv = hal.pilot.sample()
         prev_cp = self.cp
         cp = self.det.feed(high_mv, low_mv)
@@ -264,7 +269,7 @@ class Connector:
             self.limits.set("cable", cable_a(hal.pp_ohms()))
         else:
             self.limits.clear("cable")
-        limit, by = self.limits.effective(now, ticks_diff, station_limits)
+        limit, by = self.limits.effective(self._uptime.s, station_limits)
         if limit is None:
             limit, by = 0.0, "hardware"
         self.limit_a = limit
@@ -325,6 +330,17 @@ class Connector:
             self._set_contactor(True, now)
 
         self.state = self._derive_state(cp)
+
+    def _age_stamps(self, now):
+        # ticks wrap every 2^30 ms and ticks_diff is right only within 2^29 ms (6.2 days):
+        # a stamp left alone for a week would read as recent (a raise held for days, an F
+        # pulse driven again, a weld unseen). Capped every loop, none ever gets that old.
+        self._fault_ms = age_cap(now, self._fault_ms, _STALE_MS)
+        self._rcd_retry_ms = age_cap(now, self._rcd_retry_ms, _STALE_MS)
+        self._contactor_ms = age_cap(now, self._contactor_ms, _STALE_MS)
+        self._duty_ms = age_cap(now, self._duty_ms, _STALE_MS)
+        self._x1_ms = age_cap(now, self._x1_ms, _STALE_MS)
+        self._creq_ms = age_cap(now, self._creq_ms, _STALE_MS)
 
     def _derive_state(self, cp):
         """OCPP 1.6 ChargePointStatus; priority as in MicroOcpp's Connector::getStatus."""

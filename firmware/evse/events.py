@@ -1,6 +1,6 @@
 """Bounded queue of station events (faults, config problems) waiting to be published."""
 
-from evse.compat import const, ticks_diff, ticks_ms
+from evse.compat import const
 
 _DEPTH = const(16)
 
@@ -9,13 +9,15 @@ class Events:
     """Drops the oldest when full and counts the drops: memory stays bounded offline.
 
     Each event is stamped when it happens: Unix seconds from `clock()` when the clock is
-    set, plus ticks so that one taken before the clock was set can still be dated once it
-    is. A repeat of the newest queued event (same level, code and connector) is coalesced
-    into it with a count instead of taking a slot: a burst of rejected commands costs one
-    entry, not the queue."""
+    set, plus the station's uptime seconds so that one taken before the clock was set can
+    still be dated once it is (uptime, not ticks: an event may wait offline for days).
+    A repeat of the newest queued event (same level, code and connector) is coalesced into
+    it with a count instead of taking a slot: a burst of rejected commands costs one entry,
+    not the queue."""
 
-    def __init__(self, log=None, depth=_DEPTH, clock=None):
-        self._q = []  # [level, code, connector, detail, unix_s or None, ticks_ms, count]
+    def __init__(self, log=None, depth=_DEPTH, clock=None, uptime=None):
+        self._q = []  # [level, code, connector, detail, unix_s or None, uptime_s, count]
+        self._uptime = uptime
         self._depth = depth
         self._clock = clock
         self.dropped = 0
@@ -39,7 +41,8 @@ class Events:
             q.pop(0)
             self.dropped += 1
         q.append([level, code, connector, detail,
-                  self._clock() if self._clock else None, ticks_ms(), 1])
+                  self._clock() if self._clock else None,
+                  self._uptime.s if self._uptime else 0, 1])
 
     def peek(self):
         return self._q[0] if self._q else None
@@ -51,11 +54,11 @@ class Events:
         return len(self._q)
 
 
-def stamp(ev, unix_now, now_ms):
+def stamp(ev, unix_now, uptime_s):
     """The event's Unix time: as stamped, or dated back from now when the clock was set
     after it happened; None while the clock is still unset."""
     if ev[4] is not None:
         return ev[4]
     if unix_now is None:
         return None
-    return unix_now - ticks_diff(now_ms, ev[5]) // 1000
+    return unix_now - (uptime_s - ev[5])

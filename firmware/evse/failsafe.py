@@ -1,6 +1,6 @@
 """The failsafe: when the backend link stays down, its limits give way to a safe one."""
 
-from evse.compat import ticks_diff
+from evse.compat import age_cap, ticks_diff
 
 
 class Failsafe:
@@ -24,7 +24,10 @@ class Failsafe:
     def step(self, now):
         if self._down_ms is None:
             return
-        if ticks_diff(now, self._down_ms) < self._cfg["failsafe_after_s"] * 1000:
+        after = self._cfg["failsafe_after_s"] * 1000
+        # Down longer than that: the stamp stops ageing there (ticks wrap after days).
+        self._down_ms = age_cap(now, self._down_ms, after)
+        if ticks_diff(now, self._down_ms) < after:
             return
         amps = self._cfg["failsafe_current_a"]
         for lim in self._scopes:

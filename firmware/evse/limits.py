@@ -18,18 +18,19 @@ SOURCES = (
 
 
 class Limits:
-    """Per-scope limits in amperes; an entry may carry an expiry (ticks ms)."""
+    """Per-scope limits in amperes; an entry may carry an expiry: the station's uptime
+    second (evse.clock.Uptime) from which it no longer applies."""
 
     def __init__(self):
-        self._by = {}  # source -> (amps, expires_ms or None)
+        self._by = {}  # source -> (amps, expires_s or None)
 
-    def set(self, source, amps, expires_ms=None):
+    def set(self, source, amps, expires_s=None):
         e = self._by.get(source)
-        if e is not None and e[0] == amps and e[1] == expires_ms:
+        if e is not None and e[0] == amps and e[1] == expires_s:
             return  # called every control loop: no new tuple when nothing changed
         if source not in SOURCES:
             raise ValueError(source)
-        self._by[source] = (amps, expires_ms)
+        self._by[source] = (amps, expires_s)
 
     def clear(self, source):
         self._by.pop(source, None)
@@ -38,7 +39,7 @@ class Limits:
         e = self._by.get(source)
         return None if e is None else e[0]
 
-    def effective(self, now_ms, ticks_diff, other=None):
+    def effective(self, now_s, other=None):
         """(amps, source) of the lowest live limit, also considering `other` (a Limits
         for a wider scope, e.g. the station). Expired entries are dropped here."""
         best, by = None, None
@@ -49,7 +50,7 @@ class Limits:
                 e = scope._by.get(src)
                 if e is None:
                     continue
-                if e[1] is not None and ticks_diff(e[1], now_ms) <= 0:
+                if e[1] is not None and now_s >= e[1]:
                     scope._by.pop(src)  # safe: we iterate SOURCES, not the dict
                     continue
                 if best is None or e[0] < best:

@@ -95,6 +95,9 @@ class Link:
         self._up = True
         self._failing = False
         self._backoff = _BACKOFF_MIN_MS
+        # A deadline left from before: after days up (ticks wrap) it would read as still to
+        # come and hold the next reconnect back for days.
+        self._retry_ms = None
         self.connects += 1
         st.failsafe.link_up()
         c = self.client
@@ -152,9 +155,11 @@ class Link:
             if self._up or c.error is not None:
                 self._went_down(now, c.error)
                 c.error = None
+            if self._retry_ms is not None and ticks_diff(now, self._retry_ms) >= 0:
+                self._retry_ms = None  # due: forgotten before it can age (Wi-Fi down for days)
             if net is not None and not net.poll(now, st.cfg):
                 return  # no IP link yet (Wi-Fi joining): nothing to connect over
-            if self._retry_ms is not None and ticks_diff(now, self._retry_ms) < 0:
+            if self._retry_ms is not None:
                 return
             # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
             jitter = getrandbits(16) % (self._backoff // 2 + 1)

@@ -1,7 +1,7 @@
 """The station's energy meters: one Modbus bus, one meter per connector, and the policy for
 a meter that stops answering (billing is impossible without it)."""
 
-from evse.compat import ticks_diff, ticks_us
+from evse.compat import age_cap, ticks_diff, ticks_us
 
 
 class Metering:
@@ -86,7 +86,12 @@ class Metering:
                 continue
             m.poll(now)
             c = self._conns[k]
-            since = self._since_ms if m.ok_ms is None else m.ok_ms
+            # The last reading's stamp stops ageing just past meter_fail_s: a meter dead for
+            # a week stays failed (a ticks stamp that old would read as recent again).
+            if m.ok_ms is None:
+                self._since_ms = since = age_cap(now, self._since_ms, fail_ms + 1000)
+            else:
+                m.ok_ms = since = age_cap(now, m.ok_ms, fail_ms + 1000)
             failed = ticks_diff(now, since) > fail_ms
             if failed != c.meter_failed:
                 c.meter_failed = failed

@@ -8,7 +8,7 @@ float32 kWh is exact to 1 Wh below 8 388 kWh, 2 Wh below 16 777 kWh, and so on).
 import struct
 
 from evse import modbus
-from evse.compat import const, ticks_diff
+from evse.compat import age_cap, const, ticks_diff
 
 # Quantities: v1 v2 v3 (V), i1 i2 i3 (A), p (W), e (import energy, Wh), f (Hz).
 # A register entry: (quantity, address, type, scale). For "e" the scale is (num, den): Wh =
@@ -227,6 +227,7 @@ class Meter:
     def poll(self, now_ms):
         if self._pending:
             return
+        self._t_cycle = age_cap(now_ms, self._t_cycle, POLL_MS)  # ticks wrap: see compat
         if self._t_cycle is not None and ticks_diff(now_ms, self._t_cycle) < POLL_MS:
             return
         # All blocks of a cycle or none: with several meters on one line a cycle that got

@@ -3,7 +3,7 @@
 The bus is a state machine stepped from the control loop: it never waits for a byte. Every
 transaction has a deadline; every failure is told apart and counted (docs/standards.md §6)."""
 
-from evse.compat import const, ticks_add, ticks_diff
+from evse.compat import age_cap, const, ticks_add, ticks_diff
 
 # Failure kinds (also the keys of Bus.counters).
 OK = "ok"
@@ -180,7 +180,9 @@ class Bus:
                 self._n = 0
             if self._req is None and not self._q:
                 return
-            # t3.5 of silence before a new frame (Modbus over serial line, §2.5.1.1).
+            # t3.5 of silence before a new frame (Modbus over serial line, §2.5.1.1). The
+            # last byte's stamp stops ageing at 1 s: ticks_us wraps every 18 minutes.
+            self._t_rx = age_cap(now_us, self._t_rx, 1000000)
             if self._t_rx is not None and ticks_diff(now_us, self._t_rx) < t35_us(self.baud):
                 return
             if self._req is None:  # else: a retry of the current request

@@ -5,7 +5,6 @@ to send them."""
 import json
 
 from evse import VERSION
-from evse.compat import ticks_diff
 from evse.events import stamp
 
 
@@ -50,7 +49,7 @@ def status(st, now):
         conns.append(d)
     return {
         "ts": st.board.unix_time(),
-        "uptime_s": ticks_diff(now, st.boot_ms) // 1000,
+        "uptime_s": st.uptime.s,
         "connectors": conns,
     }
 
@@ -71,7 +70,7 @@ def meter(st, k, reading):
 
 
 def event(st, ev, now):
-    d = {"ts": stamp(ev, st.board.unix_time(), now), "level": ev[0], "code": ev[1],
+    d = {"ts": stamp(ev, st.board.unix_time(), st.uptime.s), "level": ev[0], "code": ev[1],
          "connector": ev[2], "detail": ev[3]}
     if ev[6] > 1:
         d["count"] = ev[6]  # repeats coalesced into this event while it waited
@@ -88,7 +87,7 @@ def diag(st, link, now):
         heap = None
     return {
         "fw": VERSION,
-        "uptime_s": ticks_diff(now, st.boot_ms) // 1000,
+        "uptime_s": st.uptime.s,
         "heap_free": heap,
         "loop_max_gap_ms": st.loop_max_gap_ms,
         "loop_count": st.loop_count,

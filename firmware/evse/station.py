@@ -4,6 +4,7 @@ ones (sessions, authorization, schedules, balancing) plug in here as one more pa
 
 import sys
 
+from evse.clock import Uptime
 from evse.compat import const, ticks_diff, ticks_ms
 from evse.config import Config
 from evse.connector import Connector
@@ -19,16 +20,18 @@ _WDT_MS = const(2000)  # hardware watchdog: a stalled loop resets the board
 
 
 class Station:
-    def __init__(self, board, log=None, overrides=None, pinned=None):
+    def __init__(self, board, log=None, overrides=None, pinned=None, now=None):
         self.board = board
         self._log = log
-        self.boot_ms = ticks_ms()
-        self.events = Events(log, clock=board.unix_time)
+        self.boot_ms = ticks_ms() if now is None else now
+        self.uptime = Uptime(self.boot_ms)
+        self.events = Events(log, clock=board.unix_time, uptime=self.uptime)
         self.store = Store(board.fs)
         self.cfg = Config(self.store, self.events, overrides, pinned)
         self.limits = Limits()  # station scope: hardware, config, thermal, ...
         self.connectors = [
-            Connector(i + 1, hal, self.cfg, self.events) for i, hal in enumerate(board.connectors)
+            Connector(i + 1, hal, self.cfg, self.events, self.uptime)
+            for i, hal in enumerate(board.connectors)
         ]
         self.thermal = ThermalGuard(board, self.cfg, self.events, self.limits)
         self.metering = Metering(board, self.cfg, self.events, self.connectors)
@@ -47,6 +50,7 @@ class Station:
 
     def step(self, now):
         """One control-loop iteration. Exceptions never leave a contactor closed."""
+        self.uptime.tick(now)
         try:
             self.limits.set("hardware", self.board.max_current_a)
             self.limits.set("config", self.cfg["max_current_a"])

@@ -4,7 +4,7 @@ Home Assistant discovery. Everything goes out paced through the MQTT outbox: a m
 that does not fit now is offered again on a later poll, never silently lost."""
 
 from evse import report
-from evse.compat import const, ticks_diff
+from evse.compat import age_cap, const, ticks_diff
 
 _COALESCE_MS = const(500)  # status at most every 0.5 s (API contract)
 _CHECK_MS = const(100)  # look for status changes 10 times a second, not every loop
@@ -36,6 +36,8 @@ class Telemetry:
         self._base = base
         self._head = 0
         self._status_due = True
+        self._status_ms = None  # stamps from before the link went down may be days old
+        self._check_ms = None
         self._config_due = False
         self._meter_ms = [None] * len(self.st.connectors)
         self.rediscover()
@@ -104,6 +106,8 @@ class Telemetry:
     def _status(self, now):
         st = self.st
         key = report.status_key(st)
+        # Capped (ticks wrap): a status held back for days by a full outbox is still due.
+        self._status_ms = age_cap(now, self._status_ms, st.cfg["status_interval_s"] * 1000)
         since = None if self._status_ms is None else ticks_diff(now, self._status_ms)
         if not (
             self._status_due
@@ -130,9 +134,11 @@ class Telemetry:
         for k, c in enumerate(st.connectors):
             r = st.metering.reading(k)
             if r is None or c.meter_failed:
+                self._meter_ms[k] = None  # the next fresh reading goes out at once
                 continue
             key = "meter_interval_s" if c.state == "Charging" else "meter_idle_interval_s"
-            last = self._meter_ms[k]
+            # Capped (ticks wrap): after days without a reading the next one is due at once.
+            self._meter_ms[k] = last = age_cap(now, self._meter_ms[k], cfg[key] * 1000)
             if last is not None and ticks_diff(now, last) < cfg[key] * 1000:
                 continue
             if not self._send("meter", report.dumps(report.meter(st, k, r)), False, 0):
