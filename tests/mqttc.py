@@ -17,11 +17,17 @@ class Collector:
         self._cv = threading.Condition()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.c.on_message = self._on
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
         if user:
             self.c.username_pw_set(user, password)
         self.c.connect("127.0.0.1", port)
         self.c.subscribe(topic, qos=1)
         self.c.loop_start()
+        # Subscribed before anyone takes a mark: nothing published after it can be missed.
+        if not subscribed.wait(5.0):
+            self.stop()
+            raise AssertionError("no SUBACK from the broker on port %d" % port)
 
     def _on(self, client, userdata, m):
         with self._cv:

@@ -95,9 +95,6 @@ class Link:
         self._up = True
         self._failing = False
         self._backoff = _BACKOFF_MIN_MS
-        # A deadline left from before: after days up (ticks wrap) it would read as still to
-        # come and hold the next reconnect back for days.
-        self._retry_ms = None
         self.connects += 1
         st.failsafe.link_up()
         c = self.client
@@ -151,12 +148,14 @@ class Link:
             self._reboot(now)
         c = self.client
         net = st.board.net
+        if self._retry_ms is not None and ticks_diff(now, self._retry_ms) >= 0:
+            # Due: forgotten, up or down. Kept for days (ticks wrap) it would read as still
+            # to come and hold the next reconnect back for days.
+            self._retry_ms = None
         if c.state == DISCONNECTED:
             if self._up or c.error is not None:
                 self._went_down(now, c.error)
                 c.error = None
-            if self._retry_ms is not None and ticks_diff(now, self._retry_ms) >= 0:
-                self._retry_ms = None  # due: forgotten before it can age (Wi-Fi down for days)
             if net is not None and not net.poll(now, st.cfg):
                 return  # no IP link yet (Wi-Fi joining): nothing to connect over
             if self._retry_ms is not None:
