@@ -74,9 +74,12 @@ def test_single_sample_glitch_does_not_open(rig):
 def test_rcd_trip_latches_until_unplug_and_self_test(rig):
     st, hal, clk = rig
     c = charge(st, hal, clk)
+    clk.run(200)  # past the switching window
     hal.rcd = True
     clk.run(5)
-    assert not hal.contactor.on
+    assert hal.contactor.on  # one read is not a trip ...
+    clk.run(5)
+    assert not hal.contactor.on  # ... the second one, a loop later, is
     assert c.state == "Faulted" and c.error == "GroundFailure"
     assert hal.pilot.mode == "-12"  # F pulse
     clk.run(400)
@@ -386,3 +389,71 @@ def test_resume_closes_only_after_settle(rig):
     closes = _close_log(hal, clk, 400)
     assert closes, "it does close"
     assert closes[0] - t_pwm >= 200, closes[0] - t_pwm
+
+
+def test_one_noisy_rcd_read_is_not_a_trip(rig):
+    """Break: trip on the first tripped read (no second read) -> GroundFailure."""
+    st, hal, clk = rig
+    c = charge(st, hal, clk)
+    clk.run(200)
+    for _ in range(20):  # a glitch every 100 ms, one read long
+        hal.rcd = True
+        clk.run(5)
+        hal.rcd = False
+        clk.run(95)
+    assert hal.contactor.on and c.fault is None and c.state == "Charging"
+
+
+def test_rcd_transient_after_switching_is_ridden_through_a_real_trip_is_not(rig):
+    """Inrush when the contacts close disturbs the detector for a few ms. Break: no longer
+    confirmation within the switching window -> GroundFailure at every close."""
+    st, hal, clk = rig
+    hal.ev = "B"
+    clk.run(50)
+    hal.ev = "C"
+    for _ in range(100):
+        clk.run(5)
+        if hal.contactor.on:
+            break
+    assert hal.contactor.on
+    hal.rcd = True  # 20 ms of transient right after the close
+    clk.run(20)
+    hal.rcd = False
+    clk.run(300)
+    c = st.connectors[0]
+    assert hal.contactor.on and c.fault is None
+    # A real residual current at switching: open within the longer confirmation.
+    hal.ev = "B"
+    clk.run(50)
+    assert not hal.contactor.on
+    hal.ev = "C"
+    for _ in range(2000):
+        clk.run(5)
+        if hal.contactor.on:
+            break
+    assert hal.contactor.on
+    hal.rcd = True
+    t = 0
+    while hal.contactor.on:
+        clk.run(5)
+        t += 5
+    assert 30 <= t <= 40 and c.fault == "GroundFailure", t
+
+
+def test_one_noisy_mirror_read_is_not_a_weld(rig):
+    """Break: fault on the first disagreeing read after blanking -> PowerSwitchFailure."""
+    st, hal, clk = rig
+    charge(st, hal, clk)
+    hal.ev = "B"
+    clk.run(1000)
+    assert not hal.contactor.on
+    c = st.connectors[0]
+    for _ in range(10):  # the mirror reads closed for one read every 100 ms
+        hal.contactor.welded = True
+        clk.run(5)
+        hal.contactor.welded = False
+        clk.run(95)
+    assert c.fault is None
+    hal.contactor.welded = True  # a real weld: it stays
+    clk.run(30)
+    assert c.fault == "PowerSwitchFailure"

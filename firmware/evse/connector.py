@@ -27,6 +27,15 @@ _C1_TIMEOUT_MS = const(6000)
 _DUTY_SPACING_MS = const(5000)
 # Mirror-contact debounce (Tinkerforge WARP uses 250 ms) before a disagreement is a fault.
 _FEEDBACK_SETTLE_MS = const(250)
+# ... and then the disagreement must last this long: one noisy read is not a weld.
+_FEEDBACK_CONFIRM_MS = const(20)
+# An RCD input reading tripped must still read so one loop later (a second read) ...
+_RCD_CONFIRM_MS = const(4)
+# ... and for this long within _SWITCH_BLANK_MS of a contactor command, while inrush and
+# the contacts' travel and bounce disturb the detector. Worst-case reaction to a real trip
+# at switching: 30 ms plus a loop, inside IEC 61851-1's 100 ms.
+_RCD_CONFIRM_SWITCH_MS = const(30)
+_SWITCH_BLANK_MS = const(100)
 # Samples after an output change before CP readings reflect it.
 _SETTLE_SAMPLES = const(2)
 # Retry a failed RCD self-test this often while latched.
@@ -62,6 +71,8 @@ class Connector:
         self._rcd_retry_ms = long_ago
         self.contactor = False
         self._contactor_ms = long_ago
+        self._fb_bad_ms = None  # since when the mirror contact disagrees (after blanking)
+        self._rcd_ms = None  # since when the RCD input reads tripped
         self.out = None  # unknown until the first step forces an output
         self.duty = None  # duty_u16 while OUT_PWM
         self._duty_ms = None  # last duty change; None = the next PWM start is immediate
@@ -191,17 +202,35 @@ class Connector:
         settled = self._out_samples > _SETTLE_SAMPLES and self.out != OUT_F
         fb = hal.contactor.feedback()
 
-        # 1. Residual current: power off in this very step, latch until unplug + self-test.
+        # 1. Residual current: power off once a second read confirms it, latch until unplug
+        #    and a passing self-test.
         if self.rcd.busy():
+            self._rcd_ms = None
             if self.rcd.step(now, ticks_diff) == FAILED and self.fault is None:
                 self.set_fault("GroundFailure", CLEAR_RCD, now, "RCD self-test failed")
         elif hal.rcd_tripped():
-            self._set_contactor(False, now)
-            self.set_fault("GroundFailure", CLEAR_RCD, now, "residual current detected")
+            if self._rcd_ms is None:
+                self._rcd_ms = now
+            switching = ticks_diff(now, self._contactor_ms) < _SWITCH_BLANK_MS
+            confirm = _RCD_CONFIRM_SWITCH_MS if switching else _RCD_CONFIRM_MS
+            if ticks_diff(now, self._rcd_ms) >= confirm:
+                self._set_contactor(False, now)
+                self.set_fault("GroundFailure", CLEAR_RCD, now, "residual current detected")
+        else:
+            self._rcd_ms = None
 
-        # 2. Contactor mirror contact must follow the command.
-        if fb is not None and fb != self.contactor:
-            if ticks_diff(now, self._contactor_ms) > _FEEDBACK_SETTLE_MS:
+        # 2. Contactor mirror contact must follow the command (after the contacts' travel
+        #    and bounce, and for more than one read).
+        if (
+            fb is None
+            or fb == self.contactor
+            or ticks_diff(now, self._contactor_ms) <= _FEEDBACK_SETTLE_MS
+        ):
+            self._fb_bad_ms = None
+        else:
+            if self._fb_bad_ms is None:
+                self._fb_bad_ms = now
+            if ticks_diff(now, self._fb_bad_ms) >= _FEEDBACK_CONFIRM_MS:
                 if fb:
                     self.set_fault(
                         "PowerSwitchFailure", CLEAR_WELD, now,
@@ -341,6 +370,8 @@ class Connector:
         self._duty_ms = age_cap(now, self._duty_ms, _STALE_MS)
         self._x1_ms = age_cap(now, self._x1_ms, _STALE_MS)
         self._creq_ms = age_cap(now, self._creq_ms, _STALE_MS)
+        self._fb_bad_ms = age_cap(now, self._fb_bad_ms, _STALE_MS)
+        self._rcd_ms = age_cap(now, self._rcd_ms, _STALE_MS)
 
     def _derive_state(self, cp):
         """OCPP 1.6 ChargePointStatus; priority as in MicroOcpp's Connector::getStatus."""
