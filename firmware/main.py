@@ -36,7 +36,19 @@ def main():
     log = _logger()
     station = Station(board, log, parse_overrides(board.config_overrides),
                       board.config_pinned)
-    station.run(Link(station, log, tls.context, discovery.configs))
+    link = Link(station, log, tls.context, discovery.configs)
+    _say_image(station, log)
+    station.run(link)
+
+
+def _say_image(station, log):
+    """Frozen image or files on flash: a file left by a deploy shadows a frozen module."""
+    from evse import VERSION, image
+
+    station.image = image.running()
+    if log:
+        level = "warn" if station.image.startswith("mixed") else "info"
+        log(level, "firmware %s, modules: %s" % (VERSION, station.image))
 
 
 def _service_boot():

@@ -156,6 +156,7 @@ def test_stop_by_session_id(be):
 
 def test_diag(be):
     d = be.cmd("diag")["data"]
+    assert d["fw_image"] == "files"  # the simulator runs the firmware from files
     for k in ("uptime_s", "heap_free", "loop_max_gap_ms", "reconnects", "fw", "outbox_bytes",
               "modbus"):
         assert k in d

@@ -87,6 +87,7 @@ def diag(st, link, now):
         heap = None
     return {
         "fw": VERSION,
+        "fw_image": st.image,
         "uptime_s": st.uptime.s,
         "heap_free": heap,
         "loop_max_gap_ms": st.loop_max_gap_ms,

@@ -38,6 +38,7 @@ class Station:
         self.failsafe = Failsafe(self.cfg, self.events,
                                  [self.limits] + [c.limits for c in self.connectors],
                                  self.boot_ms)
+        self.image = None  # which modules run from files, not frozen (evse.image; main.py)
         self.loop_max_gap_ms = 0
         self.loop_count = 0
         self.exceptions = 0
