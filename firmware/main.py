@@ -6,6 +6,10 @@ import board  # first: the board forces every contactor off before anything else
 # board.temp_c(), board.connectors[0].pilot.sample(), board.uart ...
 board = board.Board()
 station = None
+# The MQTT outbox (8 KB in one piece) before anything else takes the heap apart.
+from evse import mqtt  # noqa: E402
+
+_outbox = mqtt.outbox()
 # Flag file on flash: skip starting the station for one boot, so a technician gets a REPL
 # without the watchdog (which, once started, cannot be stopped on the ESP32).
 _NOMAIN = board.fs.rstrip("/") + "/nomain"
@@ -36,7 +40,7 @@ def main():
     log = _logger()
     station = Station(board, log, parse_overrides(board.config_overrides),
                       board.config_pinned)
-    link = Link(station, log, tls.context, discovery.configs)
+    link = Link(station, log, tls.context, discovery.configs, _outbox)
     _say_image(station, log)
     station.run(link)
 

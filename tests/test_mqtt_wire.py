@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIRMWARE = os.environ.get("EVSE_FIRMWARE") or os.path.join(ROOT, "firmware")
 
 SCRIPT = r"""
 import sys
-sys.path.insert(0, ROOT + '/firmware')
+sys.path.insert(0, FIRMWARE)
 sys.path.insert(0, ROOT + '/lib')
 import umqtt.simple as us
 from evse import mqtt
@@ -74,20 +75,30 @@ ref.subscribe('evse/evse-435031/cmd', qos=1)
 ref_sub = bytes(SOCK.tx)
 
 ours = mqtt.Client('evse-435031', 120)
+OUT = FakeSock()
+ours._sock = OUT  # what our client sends goes through its outbox and the socket
+
+
+def sent():
+    ours._flush(0)
+    if ours.outbox_bytes():
+        raise SystemExit('outbox not drained')
+    out = bytes(OUT.tx)
+    OUT.tx = bytearray()
+    return out
+
+
 ours.set_last_will('evse/evse-435031/online', 'offline', True, 1)
 ours.set_credentials('station', 's3cret')
 ours._connect_packet()
-our_connect = bytes(ours._out)
-ours._out = bytearray()
+our_connect = sent()
 ours.state = mqtt.CONNECTED
 ours.publish('evse/evse-435031/status', b'{"a":1}', True, 0)
-our_pub0 = bytes(ours._out)
-ours._out = bytearray()
-ours.publish('evse/evse-435031/reply', b'{"rid":"1","ok":true}', False, 1)
-our_pub1 = bytes(ours._out)
-ours._out = bytearray()
+our_pub0 = sent()
+ours.publish('evse/evse-435031/reply', '{"rid":"1","ok":true}', False, 1)
+our_pub1 = sent()
 ours.subscribe('evse/evse-435031/cmd', 1)
-our_sub = bytes(ours._out)
+our_sub = sent()
 
 for name, a, b in (('CONNECT', ref_connect, our_connect), ('PUBLISH qos0', ref_pub0, our_pub0),
                    ('PUBLISH qos1', ref_pub1, our_pub1), ('SUBSCRIBE', ref_sub, our_sub)):
@@ -101,7 +112,7 @@ for name, a, b in (('CONNECT', ref_connect, our_connect), ('PUBLISH qos0', ref_p
 def test_wire_format_matches_umqtt_simple():
     r = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "micropython"), "-c",
-         "ROOT = %r\n" % ROOT + SCRIPT],
+         "ROOT = %r\nFIRMWARE = %r\n" % (ROOT, FIRMWARE) + SCRIPT],
         capture_output=True, text=True, timeout=30,
     )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -24,14 +24,14 @@ except ImportError:  # pragma: no cover - every MicroPython port has random
 
 
 class Link:
-    def __init__(self, station, log=None, ssl_factory=None, discovery=None):
+    def __init__(self, station, log=None, ssl_factory=None, discovery=None, outbox=None):
         self.st = station
         self._log = log
         self._ssl_factory = ssl_factory  # (station) -> SSLContext; from main.py
         self.api = Api(station, self)
         self.telemetry = Telemetry(station, discovery)
         # Built once, at boot: its buffers are taken before the heap fragments.
-        self.client = Client(station.station_id, 60, self._on_message)
+        self.client = Client(station.station_id, 60, self._on_message, ring=outbox)
         self.base = None
         self._host = None
         self._ha_status = None

@@ -5,6 +5,10 @@ umqtt.simple blocks by design (TCP connect, the CONNACK read, the PUBACK wait of
 publish, reads in the middle of a packet and writes into a full socket), and a socket
 timeout only bounds each of those calls, not the loop. This client keeps the same wire
 format but runs as a state machine: poll() advances it, with a deadline on every state.
+
+The outbox is a ring buffer allocated once: packets are written into it in place and sent
+from it through memoryview slices, so publishing and sending neither grow nor copy buffers
+on the heap (an 8 KB outbox copied on every partial write fragments an ESP32's heap).
 """
 
 import errno
@@ -22,8 +26,14 @@ CLOSING = const(4)  # DISCONNECT sent, waiting for the broker to close its side
 _CONNECT_TIMEOUT_MS = const(5000)
 _CLOSE_TIMEOUT_MS = const(1000)
 _STALL_TIMEOUT_MS = const(5000)  # outbox not draining, or a packet half received
-_OUTBOX_BYTES = const(8192)
+_OUTBOX_BYTES = const(8192)  # what publishes, subscribes and PUBACKs may fill
 _OUT_HIGH = const(4096)  # stop taking new packets in above this (back-pressure)
+# The ring holds 4 bytes more: a PINGREQ and a DISCONNECT (2 bytes each) are queued even
+# when the packets above have filled the outbox; only one of each can be beyond the limit
+# (a second PINGREQ needs a PINGRESP, which is read only below _OUT_HIGH).
+_RING_BYTES = const(8196)
+_PINGREQ = b"\xc0\x00"
+_DISCONNECT = b"\xe0\x00"
 _INBOX_BYTES = const(2048)  # the largest packet we accept; bigger ones are skipped
 _RECV_CHUNK = const(512)
 _RECV_PER_POLL = const(2)
@@ -31,19 +41,26 @@ _RECV_PER_POLL = const(2)
 _IN_PROGRESS = sock.IN_PROGRESS
 
 
-def _varlen(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return out
+def _varlen_bytes(n):
+    """Bytes the remaining length n takes in a fixed header (MQTT 3.1.1 §2.2.3)."""
+    return 1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4
+
+
+def _raw(s):
+    # On MicroPython encode() copies nothing: the bytes object shares the str's UTF-8 data.
+    return s.encode() if isinstance(s, str) else s
 
 
 def _str(s):
-    b = s.encode() if isinstance(s, str) else s
+    b = _raw(s)
     return bytes((len(b) >> 8, len(b) & 0xFF)) + b
+
+
+def outbox():
+    """A client's outbox, for main.py to allocate first thing at boot while the heap still
+    has an 8 KB hole: allocated in Client(), after the station's modules were compiled from
+    .py (which fragments the heap), it needed a heap about 30 KiB larger (make bench)."""
+    return bytearray(_RING_BYTES)
 
 
 class MQTTError(Exception):
@@ -54,7 +71,8 @@ class Client:
     """poll(now) drives it. on_message(topic: str, payload: bytes, retained) is called for
     incoming PUBLISHes; publish() queues and never blocks (False when the outbox is full)."""
 
-    def __init__(self, client_id, keepalive_s=60, on_message=None, ssl_context=None):
+    def __init__(self, client_id, keepalive_s=60, on_message=None, ssl_context=None,
+                 ring=None):
         self.client_id = client_id
         self.keepalive_s = keepalive_s
         self.on_message = on_message
@@ -63,7 +81,12 @@ class Client:
         self.error = None
         self._sock = None
         self._poller = None
-        self._out = bytearray()
+        # The outbox; never reallocated.
+        self._ring = ring if ring is not None else outbox()
+        self._rmv = memoryview(self._ring)
+        self._head = 0  # where the next byte to send is
+        self._offered = 0  # length of a write that would have blocked (TLS: offer it again)
+        self._used = 0  # bytes waiting, from _head on (wrapping at _RING_BYTES)
         self._in = bytearray(_INBOX_BYTES)
         self._mv = memoryview(self._in)
         self._in_len = 0
@@ -112,7 +135,8 @@ class Client:
         sock.close(self._sock)
         self._sock = None
         self._poller = None
-        self._out = bytearray()
+        self._head = self._used = 0  # what was waiting is lost, as documented
+        self._offered = 0
         self._in_len = 0
         self._skip = 0
         self.inflight = 0
@@ -123,24 +147,75 @@ class Client:
         """Orderly DISCONNECT (the broker drops the last will). The socket is closed once
         the broker has closed its side (or after 1 s): closing with unread data (a late
         PUBACK) would send a TCP reset, and the broker might lose the DISCONNECT with it."""
-        if self.state != CONNECTED:
+        if self.state != CONNECTED or not self._ctl(_DISCONNECT):
             self.close()
             return
-        self._out += b"\xe0\x00"
         self._set_state(CLOSING, now)
         self.poll(now)
+
+    # -- the outbox ring ------------------------------------------------------------------
+    def _put(self, src):
+        """Append bytes (room checked by the caller); a part that runs past the end of the
+        ring continues at its start."""
+        n = len(src)
+        t = self._head + self._used
+        if t >= _RING_BYTES:
+            t -= _RING_BYTES
+        k = _RING_BYTES - t  # contiguous room from t to the end of the ring
+        if n <= k:
+            self._rmv[t : t + n] = src
+        else:
+            src = memoryview(src)
+            self._rmv[t:] = src[:k]
+            self._rmv[: n - k] = src[k:]
+        self._used += n
+
+    def _put_byte(self, b):
+        t = self._head + self._used
+        if t >= _RING_BYTES:
+            t -= _RING_BYTES
+        self._ring[t] = b
+        self._used += 1
+
+    def _header(self, header, n):
+        """Fixed header: type/flags byte and the remaining length n, 7 bits per byte."""
+        self._put_byte(header)
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            self._put_byte(b | 0x80 if n else b)
+            if not n:
+                return
+
+    def _room(self, n, limit):
+        """Whether a packet with remaining length n fits below limit."""
+        return self._used + 1 + _varlen_bytes(n) + n <= limit
+
+    def _ctl(self, pkt):
+        # PINGREQ, DISCONNECT: they may use the ring's reserve beyond _OUTBOX_BYTES.
+        if self._used + len(pkt) > _RING_BYTES:
+            return False
+        self._put(pkt)
+        return True
 
     # -- packets --------------------------------------------------------------------------
     def _queue(self, header, body, limit=_OUTBOX_BYTES):
         n = len(body)
-        pkt = bytes((header,)) + _varlen(n) + body
-        if len(self._out) + len(pkt) > limit:
+        if not self._room(n, limit):
             return False
-        self._out += pkt
+        self._header(header, n)
+        self._put(body)
         return True
 
+    def _puback(self, pid_hi, pid_lo):
+        if self._room(2, _OUTBOX_BYTES):
+            self._put_byte(0x40)
+            self._put_byte(2)
+            self._put_byte(pid_hi)
+            self._put_byte(pid_lo)
+
     def outbox_bytes(self):
-        return len(self._out)
+        return self._used
 
     def _connect_packet(self):
         flags = 0x02  # clean session: the station republishes its state after every connect
@@ -170,21 +245,27 @@ class Client:
         room); a paced message larger than that half could never go and is dropped."""
         if self.state != CONNECTED:
             return False
-        if isinstance(payload, str):
-            payload = payload.encode()
-        body = _str(topic)
-        if qos:
-            pid = self._next_pid()
-            body += bytes((pid >> 8, pid & 0xFF))
-        ok = self._queue(0x30 | (qos << 1) | (1 if retain else 0), body + payload,
-                         _OUT_HIGH if paced else _OUTBOX_BYTES)
-        if not ok:
-            if not paced or len(body) + len(payload) + 5 > _OUT_HIGH:
+        topic = _raw(topic)
+        payload = _raw(payload)
+        n = 2 + len(topic) + (2 if qos else 0) + len(payload)  # remaining length
+        pid = self._next_pid() if qos else 0
+        if not self._room(n, _OUT_HIGH if paced else _OUTBOX_BYTES):
+            if not paced or n + 5 > _OUT_HIGH:
                 self.dropped += 1
                 return None if paced else False  # None: never, not later
-        elif qos:
+            return False
+        # Written straight into the ring: no packet is assembled on the heap.
+        self._header(0x30 | (qos << 1) | (1 if retain else 0), n)
+        tl = len(topic)
+        self._put_byte(tl >> 8)
+        self._put_byte(tl & 0xFF)
+        self._put(topic)
+        if qos:
+            self._put_byte(pid >> 8)
+            self._put_byte(pid & 0xFF)
             self.inflight += 1
-        return ok
+        self._put(payload)
+        return True
 
     def subscribe(self, topic, qos=1):
         pid = self._next_pid()
@@ -242,18 +323,34 @@ class Client:
                 return
 
     def _flush(self, now):
-        while self._out:
+        # The contiguous part first: a wrapped outbox goes out in two writes. The slice is a
+        # view into the ring (the socket copies what it takes), not a copy of the outbox.
+        while self._used:
+            h = self._head
+            end = h + self._used
+            if end > _RING_BYTES:
+                end = _RING_BYTES
+            if self._offered and end - h > self._offered:
+                # mbedTLS expects a write that would have blocked to be retried with the
+                # same data: new packets appended since then wait for the next write.
+                end = h + self._offered
             try:
-                n = self._sock.write(self._out)
+                n = self._sock.write(self._rmv[h:end])
             except OSError as e:
                 if e.args[0] in _IN_PROGRESS:
+                    self._offered = end - h
                     return
                 raise
             if not n:
+                self._offered = end - h
                 return
+            self._offered = 0
             self.bytes_tx += n
             self._t_tx = now
-            self._out = self._out[n:]
+            self._used -= n
+            h += n
+            # Empty: start again at 0, so the next packets lie in one piece.
+            self._head = 0 if not self._used or h == _RING_BYTES else h
 
     def _recv(self, now):
         # At most a few chunks per poll: a flood of commands is worked off over several
@@ -262,7 +359,7 @@ class Client:
         if self._in_len and not self._skip:
             self._parse(now)  # packets held back by back-pressure last time
         for _ in range(_RECV_PER_POLL):
-            if len(self._out) > _OUT_HIGH:
+            if self._used > _OUT_HIGH:
                 return
             if self._skip:
                 # Discard into the free end of the inbox (it is empty while skipping).
@@ -295,7 +392,7 @@ class Client:
 
     def _parse(self, now):
         buf = self._in
-        while self._in_len >= 2 and len(self._out) <= _OUT_HIGH:
+        while self._in_len >= 2 and self._used <= _OUT_HIGH:
             # Remaining length: up to 4 bytes of 7 bits.
             n = 0
             shift = 0
@@ -325,7 +422,7 @@ class Client:
                         if have < head:
                             return  # wait for the topic and packet id
                         if h & 6:
-                            self._queue(0x40, bytes(buf[head - 2 : head]))
+                            self._puback(buf[head - 2], buf[head - 1])
                         if self.on_message:
                             topic = bytes(buf[i + 2 : i + 2 + tl]).decode()
                             self.on_message(topic, None, bool(h & 1))
@@ -352,9 +449,8 @@ class Client:
             p = off + 2 + tl
             qos = (h >> 1) & 3
             if qos:
-                pid_hi, pid_lo = buf[p], buf[p + 1]
+                self._puback(buf[p], buf[p + 1])  # PUBACK (QoS 2 is not used)
                 p += 2
-                self._queue(0x40, bytes((pid_hi, pid_lo)))  # PUBACK (QoS 2 is not used)
             if self.on_message:
                 self.on_message(topic, bytes(buf[p : off + n]), bool(h & 1))
         elif kind == 0x20:  # CONNACK
@@ -375,7 +471,7 @@ class Client:
             if ticks_diff(now, self._t_state) > _CONNECT_TIMEOUT_MS:
                 raise MQTTError("no CONNACK")
             return
-        if not self._out:
+        if not self._used:
             self._t_tx = now  # nothing waiting: the stall clock starts with the next packet
         elif ticks_diff(now, self._t_tx) > _STALL_TIMEOUT_MS:
             raise MQTTError("send stalled")
@@ -384,6 +480,7 @@ class Client:
         if self._ping_out and idle > ka_ms:
             raise MQTTError("no PINGRESP")
         if not self._ping_out and idle > ka_ms // 2:
-            self._out += b"\xc0\x00"
+            if not self._ctl(_PINGREQ):
+                raise MQTTError("outbox overflow")  # cannot happen: the reserve is for it
             self._ping_out = True
             self._t_rx = now
