@@ -2,6 +2,7 @@
 
 import pytest
 
+import simworld
 from evse import pilot
 from evse.pilot import A, B, C, D, E, F, classify
 
@@ -110,3 +111,89 @@ def test_pp_cable_coding(ohms, amps):
     from evse.pp import cable_a
 
     assert cable_a(ohms) == amps
+
+
+# -- one CP sample from tagged reads (evse.pilot.levels) and the world's acquisition ---------
+
+H, L = pilot.TAG_HIGH, pilot.TAG_LOW
+
+
+def test_one_adc_spike_does_not_set_the_level():
+    """State C (6 V high, -12 V low) with one spike of +6 V among the high reads: the old
+    top-3 average read 8 V (state B); the median keeps 6 V."""
+    vals = [6010, 5990, 12000, 6005, 6000, -12010, -11990, -12000, -12005, -11995]
+    tags = [H] * 5 + [L] * 5
+    hi, lo = pilot.levels(vals, tags, len(vals), True, 0, 0)
+    assert classify(hi, C) == C and abs(hi - 6000) <= 10, hi
+    assert abs(lo + 12000) <= 10
+    # Two spike samples in a row (what the detector's debounce cannot absorb) stay C too.
+    d = pilot.Detector()
+    d.state = C
+    for _ in range(3):
+        assert d.feed(*pilot.levels(vals, tags, len(vals), True, 0, 0)) == C
+
+
+def test_edge_reads_are_dropped():
+    # Reads during an edge (tags 1 or 2) sit between the levels: never part of either.
+    vals = [6000, 6000, 6000, -3000, 1500, 2500, -12000, -12000, -12000]
+    tags = [H, H, H, 1, 2, 1, L, L, L]
+    assert pilot.levels(vals, tags, len(vals), True, 0, 0) == (6000, -12000)
+
+
+def test_constant_output_reports_one_level_and_keeps_the_last_without_reads():
+    assert pilot.levels([9000, 9010, 8990], [H, H, H], 3, False, 0, 0) == (9000, 9000)
+    assert pilot.levels([-12000] * 3, [L] * 3, 3, False, 0, 0) == (-12000, -12000)
+    # PWM, but no clean high read this time: the high level keeps its last value.
+    assert pilot.levels([-12000] * 3, [L] * 3, 3, True, 6000, -11000) == (6000, -12000)
+
+
+def test_world_acquisition_constants_mirror_the_firmware():
+    assert simworld.GUARD_US == pilot.GUARD_US
+    assert simworld.READS_MIN == pilot.READS_MIN
+    assert simworld.READS_MAX == pilot.READS_MAX
+    assert simworld.PERIODS_MAX == pilot.PERIODS_MAX
+
+
+def _acquire(duty_u16, state, spikes, samples=300, seed=7):
+    """The simulated board's samples at this duty with the EV in `state`: (high, low) each."""
+    w = simworld.World(1)
+    try:
+        w.hw.update(spikes=spikes)
+        w.rng.seed(seed)
+        c = w.conns[1]
+        with w.lock:
+            c.plugged = True
+            c.request = state in (C, D)
+            c.vent = state == D
+            c._apply_pilot(0, "pwm", duty_u16)
+            out = []
+            t = 1234
+            for _ in range(samples):
+                reads, took = c.acquire(t)
+                t += took + 3917  # the rest of a control-loop pass: any phase next time
+                vals = [v for v, _ in reads]
+                tags = [g for _, g in reads]
+                out.append(pilot.levels(vals, tags, len(vals), True, 0, 0))
+                assert took <= (pilot.PERIODS_MAX + 1) * 1000, took
+            return out
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("pct", [5, 10, 53])
+def test_low_duty_high_phase_is_read_despite_spikes(pct):
+    """At 5 % duty the high phase lasts 50 us; the synchronous acquisition still gets clean
+    high reads every sample. With the default spike rate (1 read in 500) every sample is in
+    its band; with one spike in 20 reads a sample can lose (two spikes among three reads),
+    but never two in a row, so the debounced state holds."""
+    du = int(pct * 65535 / 100)
+    for state, mv in ((B, 9000), (C, 6000)):
+        for hi, lo in _acquire(du, state, spikes=0.002):
+            assert abs(hi - mv) < 1000 and abs(lo + 12000) < 1000, (pct, state, hi, lo)
+        d = pilot.Detector()
+        d.state = state
+        bad = 0
+        for hi, lo in _acquire(du, state, spikes=0.05, samples=1000):
+            bad += abs(hi - mv) >= 1000 or abs(lo + 12000) >= 1000
+            assert d.feed(hi, lo) == state, (pct, state, hi, lo)
+        assert bad <= 20, bad

@@ -4,10 +4,12 @@
 - the largest gap between control-loop iterations (as the world sees pilot samples);
 - the smallest MicroPython heap (-X heapsize=<n>wK, i.e. n KiB on a 32-bit board) on which a
   full charge cycle with MQTT completes;
+- heap allocated per MQTT publish on the unix port (tools/mqtt_alloc.py);
 - the .mpy size of the firmware (mpy-cross -O1).
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -149,6 +151,17 @@ def min_heap(broker, firmware=None):
         else:
             lo = mid
     return hi
+
+
+def publish_alloc():
+    """Heap bytes the MQTT client allocates per publish and per socket write, measured by
+    tools/mqtt_alloc.py on the unix port (collector off while counting)."""
+    r = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "micropython"), "-X", "heapsize=4M",
+         os.path.join(HERE, "mqtt_alloc.py"), os.path.join(ROOT, "firmware"), "sizes"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return json.loads(r.stdout)
 
 
 def mpy_sizes():
@@ -375,6 +388,19 @@ def main(argv=None):
         print("  idle      %7.0f B/h  (goal <= 10 KB/h)" % bw["idle_per_h"])
         print("  charging  %7.0f B/h  (goal <= 100 KB/h); live 12 s sample: %.0f B/h"
               % (bw["charging_per_h"], bw["live_charging_per_h"]))
+
+    word = 8 if sys.maxsize > 2**32 else 4  # the unix port's word is the host's
+    print("MQTT publish, heap allocated on the unix port (%d-bit: one GC block is %d B), str "
+          "payload, QoS 0/1, paced, socket taking 1..700 B per write:" % (word * 8, 4 * word))
+    print("  %-8s %18s %14s %16s %14s" % ("payload", "publish + poll B", "in publish B",
+                                          "per write B", "writes/publish"))
+    for r in publish_alloc():
+        print("  %-8d %18.0f %14.0f %16.1f %14.1f" % (
+            r["payload"], r["alloc_per_publish"], r["alloc_in_publish"], r["alloc_per_write"],
+            r["writes"] / r["publishes"]))
+    print("  (in publish: the encoded topic and payload, objects sharing the str's bytes; per "
+          "write: a view of the outbox ring; every poll adds %.0f B, its receive view)"
+          % r["alloc_idle_poll"])
 
     print("Meter poll at 9600 8N1 (wire time incl. 2 x t3.5 per transaction, no slave delay)")
     print("  %-12s %5s %5s %9s | %10s %9s | %9s %9s" % (

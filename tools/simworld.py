@@ -5,6 +5,8 @@ the moment it happens here (a firmware command arriving, a control op, or a dela
 reaction coming due); stamps are never computed afterwards.
 """
 
+import math
+import random
 import threading
 import time
 
@@ -26,6 +28,60 @@ FAULT_KINDS = (
 
 def now_us():
     return time.monotonic_ns() // 1000
+
+
+# -- the board's analog front end, as the ESP32 board's (boards/esp32_devkitc/README.md) ----
+# ESP32 ADC at 11 dB as read_uv() reports it (ESP-IDF line fitting with eFuse Vref 1100 mV,
+# plus the lookup table that corrects the bend above 2.45 V): a raw 0 reads 142 mV, a raw
+# 4095 reads about 3.135 V. Inputs outside that span clip there.
+ADC_FLOOR_UV = 142000
+ADC_CLIP_UV = 3135000
+NTC_R25_OHMS = 10000
+NTC_BETA = 3950
+NTC_VCC_UV = 3300000
+NTC_PULLUP_COLD_OHMS = 150000  # always
+NTC_PULLUP_HOT_OHMS = 4700  # switched in by the range pin
+
+
+def adc_read_uv(v_uv):
+    """What read_uv() returns for this pin voltage: clipped to the ADC's span, whole mV."""
+    v = min(max(v_uv, ADC_FLOOR_UV), ADC_CLIP_UV)
+    return int(round(v / 1000.0)) * 1000
+
+
+def ntc_ohms(temp_c):
+    """The NTC (Beta model) at temp_c."""
+    return NTC_R25_OHMS * math.exp(NTC_BETA * (1.0 / (temp_c + 273.15) - 1.0 / 298.15))
+
+
+def ntc_node_uv(temp_c, cold, sensor="ok"):
+    """The NTC divider's node voltage: range pin high-impedance (cold) or driven high."""
+    if cold:
+        pullup = NTC_PULLUP_COLD_OHMS
+    else:
+        pullup = NTC_PULLUP_COLD_OHMS * NTC_PULLUP_HOT_OHMS / (
+            NTC_PULLUP_COLD_OHMS + NTC_PULLUP_HOT_OHMS
+        )
+    if sensor == "open":
+        return NTC_VCC_UV
+    if sensor == "short":
+        return 0
+    r = ntc_ohms(temp_c)
+    return NTC_VCC_UV * r / (r + pullup)
+
+
+# -- pilot acquisition, as the ESP32 board's Pilot.sample() takes it -----------------------
+# Values mirror evse/pilot.py (GUARD_US, READS_MIN, READS_MAX, PERIODS_MAX); the world is
+# not part of the firmware, so they are restated here and tests/test_pilot.py compares them.
+PWM_PERIOD_US = 1000
+GUARD_US = 15
+READS_MIN = 3
+READS_MAX = 5
+PERIODS_MAX = 4
+POLL_US = 3  # one pin() call in the board's wait loop
+SLEW_US = 10  # CP edge: the generator's rise (< 7 us) or fall (< 13 us) and the RC filter
+SAMPLE_AT_US = 6  # the ADC samples this long after the read starts (call overhead)
+START_GLITCH_US = 1000  # MicroPython 1.23-1.25: a new LEDC channel runs 50 % for a period
 
 
 def ev_reads_a(duty_pct):
@@ -57,6 +113,8 @@ class Conn:
         self.diode = True
         self.pilot = "off"  # "off" (board in reset), "+12", "-12", or "pwm"
         self.duty_u16 = None
+        self.pwm_t0 = 0  # when the PWM (re)started: its periods count from here
+        self._pending_pilot = None  # (due_us, mode, duty_u16): the start glitch's end
         self.contactor = False  # commanded
         self.closed = False  # the contacts, seen by the mirror contact
         self.rcd_test = False
@@ -104,6 +162,82 @@ class Conn:
         if not self.plugged or diode:
             return high, -12000
         return high, -high  # without the diode the EV resistors load the negative half too
+
+    def acquire(self, t0):
+        """One Pilot.sample() of the ESP32 board, from t0: the tagged reads (mV of CP, tag
+        0 low / 3 high / 1, 2 an edge inside the read) and the time it took (us). The reads
+        land in the high or low phase by the duty and the time; each costs hw read_us, with
+        ADC noise and occasional spikes. Levels are those at t0 (a window is <= 4.4 ms)."""
+        hw = self.w.hw
+        rng = self.w.rng
+        high, low = self.sample()
+        r = hw["read_us"]
+        pwm = self.pilot == "pwm" and 0 < self.duty_u16 < 65535
+        high_us = self.duty_u16 * PWM_PERIOD_US / 65536 if pwm else 0
+        t_ref = self.pwm_t0
+        const_pin = 1 if self.pilot == "+12" or (self.pilot == "pwm" and self.duty_u16) else 0
+
+        def pin(t):
+            if not pwm:
+                return const_pin
+            return 1 if (t - t_ref) % PWM_PERIOD_US < high_us else 0
+
+        def enter(t, level):
+            """The first time >= t at which the pin is at `level` (poll granularity)."""
+            ph = (t - t_ref) % PWM_PERIOD_US
+            if (ph < high_us) == (level == 1):
+                return t
+            edge = t + (PWM_PERIOD_US - ph if level else high_us - ph)
+            return edge + POLL_US / 2
+
+        def cp(t):
+            if not pwm:
+                return high
+            ph = (t - t_ref) % PWM_PERIOD_US
+            if ph < high_us:
+                v, since, prev = high, ph, low
+            else:
+                v, since, prev = low, ph - high_us, high
+            if since < SLEW_US:
+                v = prev + (v - prev) * since / SLEW_US
+            return v
+
+        def read(t):
+            v = cp(t + SAMPLE_AT_US) + rng.gauss(0.0, hw["noise_mv"])
+            if rng.random() < hw["spikes"]:
+                v += rng.choice((-1, 1)) * rng.uniform(3000, 9000)
+            return int(v), pin(t) | (pin(t + r) << 1), t + r
+
+        out = []
+        t = float(t0)
+        if not pwm:
+            for _ in range(READS_MAX):
+                v, tag, t = read(t)
+                out.append((v, tag))
+            return out, int(t - t0)
+        limit = t0 + PERIODS_MAX * PWM_PERIOD_US
+        seen, fresh = pin(t), False
+        for level in (1, 0):
+            want = 3 if level else 0
+            got = 0
+            while got < READS_MIN and t < limit:
+                if not (seen == level and fresh):
+                    if seen == level:
+                        t = enter(t, 1 - level)  # this phase started unseen: skip it
+                    t = enter(t, level)
+                    seen, fresh = level, True
+                t += GUARD_US
+                while got < READS_MAX:
+                    v, tag, t = read(t)
+                    if tag != want:
+                        seen = tag >> 1  # the pin changed during the read: dropped
+                        fresh = seen != level
+                        break
+                    out.append((v, tag))
+                    got += 1
+                else:
+                    fresh = False  # this phase goes on: the next look waits for a new edge
+        return out, int(t - t0)
 
     def offered_a(self):
         return round(ev_reads_a(self.duty_pct()), 1)
@@ -163,6 +297,13 @@ class Conn:
                 self._move_contacts(t, pc[1])
             else:
                 nxt = pc[0]
+        pp = self._pending_pilot
+        if pp is not None:
+            if pp[0] <= t:
+                self._pending_pilot = None
+                self._apply_pilot(t, pp[1], pp[2])
+            else:
+                nxt = pp[0] if nxt is None else min(nxt, pp[0])
         pi = self._pending_i
         if pi is not None:
             if pi[0] <= t:
@@ -185,9 +326,24 @@ class Conn:
 
     # -- firmware outputs -----------------------------------------------------------------
     def set_pilot(self, t, mode, duty_u16=None):
+        if self._pending_pilot is not None and mode != "off":
+            self._pending_pilot = (self._pending_pilot[0], mode, duty_u16)  # after the glitch
+            return
+        self._pending_pilot = None
+        if self.pilot == "off" and mode != "off" and self.w.hw["start_glitch"]:
+            # MicroPython 1.23-1.25: the new LEDC channel first runs at 50 % for a period.
+            self._apply_pilot(t, "pwm", 32768)
+            self._pending_pilot = (t + START_GLITCH_US, mode, duty_u16)
+            self.w.wake()
+            return
+        self._apply_pilot(t, mode, duty_u16)
+
+    def _apply_pilot(self, t, mode, duty_u16=None):
         before = self.duty_pct()
         if mode != self.pilot:
             self.w.event(t, "pilot", mode, self.id)  # the generator's mode: pwm/+12/-12/off
+            if mode == "pwm":
+                self.pwm_t0 = t
         self.pilot = mode
         self.duty_u16 = duty_u16 if mode == "pwm" else None
         after = self.duty_pct()
@@ -215,6 +371,14 @@ class World:
         self.conns = {c: Conn(self, c) for c in range(1, connectors + 1)}
         self.log = []
         self.temp_c = 25.0
+        self.ntc_sensor = "ok"  # "ok", "open" or "short"
+        self.temp_reads = 0  # NTC reads the board took (stats), and how many in the cold range
+        self.temp_reads_cold = 0
+        # Analog imperfections of the board (op `hw`): ADC noise (mV of CP, 1 sigma), spike
+        # probability per read, the cost of one tagged read, MicroPython 1.23-1.25's PWM
+        # start glitch. Seeded: a run is repeatable.
+        self.hw = {"noise_mv": 60.0, "spikes": 0.002, "read_us": 25, "start_glitch": False}
+        self.rng = random.Random(1)
         self.grid_i = [0.0, 0.0, 0.0]
         self.meter_speed = 1.0
         self.energy_t = {}
@@ -286,6 +450,7 @@ class World:
             for c in self.conns.values():
                 c.set_contactor(t, False)
                 c.set_rcd_test(t, False)
+                c._pending_pilot = None
                 c.set_pilot(t, "off")
 
     # -- the firmware link protocol (one line in, at most one line out) ------------------
@@ -299,27 +464,14 @@ class World:
         if not f:
             return None
         op = f[0]
-        if op == "S" and self.hang_s:
-            time.sleep(self.take_hang())  # outside the lock: the world goes on meanwhile
+        if op == "S":
+            if self.hang_s:
+                time.sleep(self.take_hang())  # outside the lock: the world goes on meanwhile
+            reply, took_us = self._sample(int(f[1]))
+            time.sleep(took_us / 1e6)  # the reads take this long on the board
+            return reply
         with self.lock:
             t = now_us()
-            if op == "S":
-                c = self.conns[int(f[1])]
-                c.due(t)
-                if c.id == 1:
-                    if self.sample_last_us is not None:
-                        gap = t - self.sample_last_us
-                        if gap > self.sample_max_gap_us:
-                            self.sample_max_gap_us = gap
-                        if gap > 10000:
-                            self.sample_gaps_over_10ms += 1
-                    self.sample_last_us = t
-                    self.samples += 1
-                high, low = c.sample()
-                pp = -1
-                if c.plugged and c.cable_a is not None:
-                    pp = PP_OHMS.get(c.cable_a, -1)
-                return "%d %d %d %d %d\n" % (high, low, c.closed, c.rcd, pp)
             if op == "P":
                 c = self.conns[int(f[1])]
                 if f[2] == "H":
@@ -350,7 +502,11 @@ class World:
                 self.line.baud = int(f[1])
                 return None
             if op == "t":
-                return "%d\n" % int(round(self.temp_c * 100))
+                # The NTC divider in the range the board selected, through the ADC.
+                cold = len(f) > 1 and f[1] == "1"
+                self.temp_reads += 1
+                self.temp_reads_cold += cold
+                return "%d\n" % adc_read_uv(ntc_node_uv(self.temp_c, cold, self.ntc_sensor))
             if op == "w":
                 self.wdt_fed_us = t
                 return None
@@ -360,6 +516,28 @@ class World:
                 self.wake()
                 return None
         return None
+
+    def _sample(self, cid):
+        """One pilot sample for the board: `fb rcd pp n v1 g1 ... vn gn` (n tagged reads)."""
+        with self.lock:
+            t = now_us()
+            c = self.conns[cid]
+            c.due(t)
+            if c.id == 1:
+                if self.sample_last_us is not None:
+                    gap = t - self.sample_last_us
+                    if gap > self.sample_max_gap_us:
+                        self.sample_max_gap_us = gap
+                    if gap > 10000:
+                        self.sample_gaps_over_10ms += 1
+                self.sample_last_us = t
+                self.samples += 1
+            reads, took_us = c.acquire(t)
+            pp = -1
+            if c.plugged and c.cable_a is not None:
+                pp = PP_OHMS.get(c.cable_a, -1)
+            head = "%d %d %d %d" % (c.closed, c.rcd, pp, len(reads))
+            return head + "".join(" %d %d" % vg for vg in reads) + "\n", took_us
 
     # -- control port ops ------------------------------------------------------------------
     def _conn(self, req):
@@ -446,10 +624,40 @@ class World:
         c.settle(t)
 
     def op_temp(self, req, t):
-        v = req.get("c")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("c must be a number")
-        self.temp_c = float(v)
+        sensor = req.get("sensor", "ok")
+        if sensor not in ("ok", "open", "short"):
+            raise ValueError("sensor must be ok, open or short")
+        if "c" in req or sensor == "ok" and "sensor" not in req:
+            v = req.get("c")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -60 <= v <= 200:
+                raise ValueError("c must be a number from -60 to 200")
+            self.temp_c = float(v)
+        self.ntc_sensor = sensor
+
+    def op_hw(self, req, t):
+        """Extension: the board's analog imperfections (docs/simulator.md)."""
+        checks = {
+            "noise_mv": lambda v: 0 <= v <= 2000,
+            "spikes": lambda v: 0 <= v <= 0.5,
+            "read_us": lambda v: 5 <= v <= 200,
+        }
+        new = {}
+        for k, ok in checks.items():
+            if k in req:
+                v = req[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                    raise ValueError("%s out of range" % k)
+                new[k] = v
+        if "start_glitch" in req:
+            if not isinstance(req["start_glitch"], bool):
+                raise ValueError("start_glitch must be a boolean")
+            new["start_glitch"] = req["start_glitch"]
+        if "seed" in req:
+            if isinstance(req["seed"], bool) or not isinstance(req["seed"], int):
+                raise ValueError("seed must be an integer")
+            self.rng.seed(req["seed"])
+        self.hw.update(new)
+        return dict(self.hw)
 
     def op_grid(self, req, t):
         i = req.get("i")
@@ -520,6 +728,8 @@ class World:
             "meter_frames_cut_by_de": self.line.frames_cut_by_de,
             "fw_loop_max_gap_ms": self.fw_loop_max_gap_ms,
             "boot_commands": self.boot_commands,
+            "temp_reads": self.temp_reads,
+            "temp_reads_cold": self.temp_reads_cold,
             "now_us": t,
         }
         if req.get("reset"):

@@ -13,22 +13,30 @@ _contactor_pin = Pin(_CONTACTOR, Pin.OUT, value=0)
 _cp_pin = Pin(_CP_PWM, Pin.OUT, value=0)
 
 import binascii  # noqa: E402 - imports follow the safety lines on purpose
+import sys  # noqa: E402
 import time  # noqa: E402
 from array import array  # noqa: E402
-from math import log  # noqa: E402
 from time import ticks_diff, ticks_us  # noqa: E402
 
 import machine  # noqa: E402
 from machine import ADC, PWM, SPI, UART, WDT  # noqa: E402
+from evse import pilot as _cp  # noqa: E402
 from evse.hal import BoardBase  # noqa: E402
 from evse.rs485 import Rs485  # noqa: E402
+from evse.thermal import NTC_SETTLE_MS, Ntc  # noqa: E402
 from net import Net  # noqa: E402 - Wi-Fi station and NTP (net.py)
+
+if sys.implementation.version < (1, 26, 0):
+    # Older esp32 ports start a new PWM channel at 50 % and give duty_u16(65535) a short low
+    # pulse every period (README.md, Control pilot): not a clean X1, not a quiet start.
+    print("board: MicroPython 1.26 or later required for the pilot PWM")
 
 # -- pin map (GPIO numbers; README.md has the table) --------------------------------------
 # Analog inputs are ADC1 only (GPIO32-39): ADC2 cannot be read while Wi-Fi is on.
 _CP_ADC = const(36)  # SENSOR_VP, ADC1_CH0: buffered CP measurement divider
 _PP_ADC = const(39)  # SENSOR_VN, ADC1_CH3: PP node, 1 kOhm pull-up to 3.3 V
 _NTC_ADC = const(34)  # ADC1_CH6: NTC divider
+_NTC_RANGE = const(14)  # 4.7 kOhm to the NTC node: driven high = hot range, input = cold
 _CONTACTOR_FB = const(32)  # NC mirror contact to GND, pulled up
 _RCD_TRIP = const(35)  # 6 mA DC detector output; input-only pin, pull-up is external
 _RCD_TEST = const(26)  # test-winding driver: high injects the test current
@@ -63,114 +71,126 @@ _DUTY_MAX = const(65535)
 _CP_OFF_UV = const(1298100)
 _CP_INV_K_X1000 = const(11824)  # 1 / K = 11.824
 
-# No ADC trigger from the PWM edge in MicroPython, so sample blind (esp32-evse's method):
-# read for a little more than one period, then average the highest and lowest reads.
-_CP_WINDOW_US = const(1100)  # one 1 ms period plus 10 %: both levels fall inside
-_CP_CHUNK = const(4)  # reads between clock checks: the clock costs as much as a read
-_CP_READS_MAX = const(256)  # multiple of _CP_CHUNK; far above what read_uv() can do in 1.1 ms
-_CP_TOP = const(3)  # average the 3 highest / 3 lowest reads
-_UV_NONE = const(10000000)  # above any ADC reading: "no low read yet"
+# No ADC trigger from the PWM edge in MicroPython, so sample synchronously: poll the PWM pin
+# (GPIO25 stays readable under LEDC on 1.26+) for the edge into a phase, wait the guard, then
+# read while the pin stays there, tagging each read with the pin before and after it. The
+# median of each phase's clean reads is the level (evse.pilot.levels): edges and one ADC
+# spike never set it. At 5 % duty one read fits per 50 us high phase: up to 4 periods.
+_CP_LIMIT_US = const(4400)  # evse.pilot.PERIODS_MAX periods + 10 %: the longest sample
+_CP_BUF = const(40)  # 2 phases x READS_MAX x PERIODS_MAX
 
 # -- other analog inputs -------------------------------------------------------------------
 _VCC_MV = const(3300)  # the rail the PP pull-up and NTC divider hang from
 _ADC_AVG = const(8)  # reads averaged for PP and NTC (both are quasi-static)
 _PP_PULLUP_OHMS = const(1000)  # 0.1 % to 3.3 V: 100 Ohm -> 0.30 V ... 4.5 kOhm -> 2.70 V
 _PP_OPEN_MV = const(3000)  # ~10 kOhm: no coding resistor (distinct from the 4.5 kOhm limit)
-_NTC_FIXED_OHMS = const(10000)  # 1 % from 3.3 V to the node; NTC from node to GND
-_NTC_R25_OHMS = const(10000)
-_NTC_BETA = const(3950)
-_NTC_OPEN_MV = const(3100)  # ADC saturates near here (~ -26 C): read as a missing sensor
+# The NTC's two-range divider and its conversion are in evse/thermal.py (Ntc), shared with
+# the simulated board: 150 kOhm always, + 4.7 kOhm from GPIO14 for the hot range.
 
 _RTC_VALID_YEAR = const(2024)  # an RTC before this was never set (no NTP yet)
 _EPOCH_2000_S = const(946684800)  # 1970-01-01 -> 2000-01-01
-
-
-def _extremes(expected_reads):
-    """How many extreme reads to average: up to 3, but at most half the reads the level
-    should get. At 10 % duty a slow ADC catches ~4 reads of the high pulse; averaging in a
-    read of the low level would fake state D or E."""
-    k = expected_reads // 2
-    return _CP_TOP if k > _CP_TOP else (k if k > 0 else 1)
-
-
-def _mean(k, a, b, c):
-    return a if k == 1 else ((a + b) // 2 if k == 2 else (a + b + c) // 3)
 
 
 def _cp_mv(adc_uv):
     return (adc_uv - _CP_OFF_UV) // 100 * _CP_INV_K_X1000 // 10000
 
 
-def _avg_mv(read_uv):
+def _avg_uv(read_uv):
     s = 0
     for _ in range(_ADC_AVG):
         s += read_uv()
-    return s // (_ADC_AVG * 1000)
+    return s // _ADC_AVG
+
+
+def _avg_mv(read_uv):
+    return _avg_uv(read_uv) // 1000
 
 
 class Pilot:
-    """CP generator (LEDC PWM into the +-12 V op-amp) and the oversampled CP measurement."""
+    """CP generator (LEDC PWM into the +-12 V op-amp) and the synchronous CP measurement."""
 
     def __init__(self, pin):
-        # The pin is already low, so attaching LEDC at duty 0 keeps the line at -12 V.
+        # The pin is already low, so attaching LEDC at duty 0 keeps the line at -12 V
+        # (1.26+: the channel starts at the given duty, not at 50 %).
         self._pwm = PWM(pin, freq=_PWM_HZ, duty_u16=0)
+        self._level = pin  # Pin(25) is input/output: calling it reads the PWM output level
         self._duty = 0
         # Bound once: taking adc.read_uv per sample would allocate a bound method each time.
         self._read = ADC(Pin(_CP_ADC), atten=ADC.ATTN_11DB).read_uv
-        self._buf = array("i", [0] * _CP_READS_MAX)
-        self.reads = 0  # reads in the last window: measure the real ADC rate on the bench
+        self._vals = array("i", [0] * _CP_BUF)
+        self._tags = bytearray(_CP_BUF)
+        self._scratch = array("i", [0] * _CP_BUF)
+        self._high = self._low = 0
+        self.reads = 0  # clean reads in the last sample
+        self.read_us = 0  # one tagged read (pin, read_uv, pin), measured at constant output
 
     def pwm(self, duty_u16):
         self._pwm.duty_u16(duty_u16)
         self._duty = duty_u16
 
     def plus12(self):
-        # 65535 is a steady high on recent ports; v1.19 left a 1 us dip per period (README).
+        # 65535 is a steady high from 1.26 on (a 100 % LEDC duty); 1.23-1.25 clamp it to
+        # 65535/65536, a ~15 ns low pulse every period (README.md, Control pilot).
         self.pwm(_DUTY_MAX)
 
     def minus12(self):
         self.pwm(0)
 
     def sample(self):
-        """(high_mv, low_mv) of the CP line over one PWM period; allocates nothing."""
-        buf = self._buf
+        """(high_mv, low_mv) of the CP line; allocates nothing. Up to _CP_LIMIT_US."""
+        vals = self._vals
+        tags = self._tags
         read = self._read
+        pin = self._level
+        d = self._duty
+        pwm = 0 < d < _DUTY_MAX
         n = 0
         t0 = ticks_us()
-        while n < _CP_READS_MAX and ticks_diff(ticks_us(), t0) < _CP_WINDOW_US:
-            for i in range(n, n + _CP_CHUNK):
-                buf[i] = read()
-            n += _CP_CHUNK
+        if not pwm:
+            for _ in range(_cp.READS_MAX):
+                b = pin()
+                v = read()
+                tags[n] = b | (pin() << 1)
+                vals[n] = _cp_mv(v)
+                n += 1
+            self.read_us = ticks_diff(ticks_us(), t0) // _cp.READS_MAX
+        else:
+            seen = pin()
+            fresh = False
+            for level in (1, 0):
+                want = _cp.TAG_HIGH if level else _cp.TAG_LOW
+                got = 0
+                while got < _cp.READS_MIN and ticks_diff(ticks_us(), t0) < _CP_LIMIT_US:
+                    if not (seen == level and fresh):
+                        # Wait for the pin to enter this phase: then the edge time is known.
+                        if seen == level:
+                            while pin() == level and ticks_diff(ticks_us(), t0) < _CP_LIMIT_US:
+                                pass
+                        while pin() != level and ticks_diff(ticks_us(), t0) < _CP_LIMIT_US:
+                            pass
+                        seen = level
+                        fresh = True
+                    g = ticks_us()
+                    while ticks_diff(ticks_us(), g) < _cp.GUARD_US:
+                        pass  # the CP is still slewing after the edge
+                    while got < _cp.READS_MAX:
+                        b = pin()
+                        v = read()
+                        a = pin()
+                        if b | (a << 1) != want:
+                            seen = a  # the phase ended during this read: dropped
+                            fresh = a != level
+                            break
+                        vals[n] = _cp_mv(v)
+                        tags[n] = want
+                        n += 1
+                        got += 1
+                    else:
+                        fresh = False  # this phase goes on: the next look waits for an edge
         self.reads = n
-        # The extremes are picked after the window so the read loop stays as fast as it can.
-        h1 = h2 = h3 = -1
-        l1 = l2 = l3 = _UV_NONE
-        for i in range(n):
-            v = buf[i]
-            if v > h3:
-                if v > h2:
-                    h3 = h2
-                    if v > h1:
-                        h2 = h1
-                        h1 = v
-                    else:
-                        h2 = v
-                else:
-                    h3 = v
-            if v < l3:
-                if v < l2:
-                    l3 = l2
-                    if v < l1:
-                        l2 = l1
-                        l1 = v
-                    else:
-                        l2 = v
-                else:
-                    l3 = v
-        d = self._duty
-        k_hi = _extremes(n * d // _DUTY_MAX)
-        k_lo = _extremes(n * (_DUTY_MAX - d) // _DUTY_MAX)
-        return _cp_mv(_mean(k_hi, h1, h2, h3)), _cp_mv(_mean(k_lo, l1, l2, l3))
+        self._high, self._low = _cp.levels(vals, tags, n, pwm, self._high, self._low,
+                                           self._scratch)
+        return self._high, self._low
 
 
 class Contactor:
@@ -252,6 +272,11 @@ class Board(BoardBase):
         )
         self._led = Pin(_LED, Pin.OUT, value=0)
         self._ntc_read = ADC(Pin(_NTC_ADC), atten=ADC.ATTN_11DB).read_uv
+        # Hot range at boot: GPIO14 drives the 4.7 kOhm high. pull=None: an internal pull
+        # would load the cold range's 150 kOhm when the pin is an input.
+        self._ntc_range = Pin(_NTC_RANGE, Pin.OUT, None, value=1)
+        self._ntc = Ntc()
+        self._ntc_cold = False
         # ESP32 MicroPython counts from 2000; ask the port rather than assume it.
         self._epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
         # Wi-Fi station (config wifi.ssid / wifi.password) and NTP (ntp.host), driven by the
@@ -259,16 +284,27 @@ class Board(BoardBase):
         self.net = Net()
 
     def temp_c(self):
-        """NTC temperature (Beta equation). Raises OSError on an open sensor, which the
-        station treats as a sensor fault and stops charging (thermal limit 0 A)."""
-        mv = _avg_mv(self._ntc_read)
-        if mv >= _NTC_OPEN_MV:
-            raise OSError("NTC open (%d mV)" % mv)
-        if mv < 1:
-            mv = 1  # a shorted NTC reads very hot, which already stops charging
-        r = _NTC_FIXED_OHMS * mv / (_VCC_MV - mv)
-        t_k = 1 / (1 / 298.15 + log(r / _NTC_R25_OHMS) / _NTC_BETA)
-        return round(t_k - 273.15, 1)
+        """NTC temperature in the range the last reading chose (evse.thermal.Ntc). Raises
+        OSError on an open or shorted sensor, which the station treats as a sensor fault
+        and stops charging (thermal limit 0 A). Waits only before the first reading."""
+        ntc = self._ntc
+        for _ in range(2):
+            now = time.ticks_ms()
+            if not ntc.settled(now, ticks_diff):
+                if ntc.temp_c is not None:
+                    return ntc.temp_c  # the node is settling after a range change
+                time.sleep_ms(NTC_SETTLE_MS)
+                now = time.ticks_ms()
+            t = ntc.update(_avg_uv(self._ntc_read), now)
+            if ntc.cold != self._ntc_cold:
+                self._ntc_cold = ntc.cold
+                if ntc.cold:
+                    self._ntc_range.init(Pin.IN)  # high impedance: 150 kOhm alone
+                else:
+                    self._ntc_range.init(Pin.OUT, value=1)
+            if t is not None:
+                return t
+        raise OSError("NTC reading out of both ranges")
 
     def wdt(self, timeout_ms):
         return WDT(timeout=timeout_ms)  # once started it cannot be stopped: only fed

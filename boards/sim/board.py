@@ -7,11 +7,14 @@ import socket
 import sys
 import time
 
+from evse import pilot as _cp
 from evse.hal import BoardBase
 from evse.rs485 import Rs485
+from evse.thermal import Ntc
 
 # Replies come from a process on the same host; a silent runner means the world is gone.
 _REPLY_TIMEOUT_S = 5
+_NTC_SETTLE_WAIT_MS = 100  # evse.thermal.NTC_SETTLE_MS: only the first reading waits
 
 
 class _World:
@@ -38,19 +41,32 @@ class _World:
 
 
 class Pilot:
+    """The ESP32 board's pilot as the simulated world plays it: the world takes the tagged
+    ADC reads of one synchronous acquisition (noise, spikes, PWM phase, read cost) and this
+    board reduces them with the same evse.pilot.levels() as the ESP32 board."""
+
     def __init__(self, world, cid, hal):
         self._w = world
         self._p = b"P %d " % cid
         self._s = b"S %d\n" % cid
         self._hal = hal
+        self._pwm = False
+        self._high = self._low = 0  # the generator is off until the first command
+        n = _cp.READS_MAX * _cp.PERIODS_MAX * 2
+        self._vals = [0] * n
+        self._tags = [0] * n
+        self.reads = 0  # reads in the last sample, as on the ESP32 board
 
     def pwm(self, duty_u16):
+        self._pwm = 0 < duty_u16 < 65535
         self._w.send(self._p + b"%d\n" % duty_u16)
 
     def plus12(self):
+        self._pwm = False
         self._w.send(self._p + b"H\n")
 
     def minus12(self):
+        self._pwm = False
         self._w.send(self._p + b"L\n")
 
     def sample(self):
@@ -58,10 +74,18 @@ class Pilot:
         this instant, as one ADC/GPIO scan would on a real board."""
         f = self._w.ask(self._s).split()
         h = self._hal
-        h.fb = f[2] == b"1"
-        h.rcd = f[3] == b"1"
-        h.pp = int(f[4])
-        return int(f[0]), int(f[1])
+        h.fb = f[0] == b"1"
+        h.rcd = f[1] == b"1"
+        h.pp = int(f[2])
+        n = min(int(f[3]), len(self._vals))
+        vals = self._vals
+        tags = self._tags
+        for i in range(n):
+            vals[i] = int(f[4 + 2 * i])
+            tags[i] = int(f[5 + 2 * i])
+        self.reads = n
+        self._high, self._low = _cp.levels(vals, tags, n, self._pwm, self._high, self._low)
+        return self._high, self._low
 
 
 class Contactor:
@@ -195,9 +219,23 @@ class Board(BoardBase):
         m = opts.get("meter", "sim")
         if m.startswith("tcp:"):
             self.meter_transport = m
+        self._ntc = Ntc()  # the NTC's range pin: the world is told the range with each read
 
     def temp_c(self):
-        return int(self._w.ask(b"t\n")) / 100
+        """The NTC through the same two-range divider and conversion as the ESP32 board
+        (evse.thermal.Ntc); the world answers `t <range>` with the ADC's read_uv()."""
+        ntc = self._ntc
+        for _ in range(2):
+            now = time.ticks_ms()
+            if not ntc.settled(now, time.ticks_diff):
+                if ntc.temp_c is not None:
+                    return ntc.temp_c
+                time.sleep_ms(_NTC_SETTLE_WAIT_MS)  # only before the first reading
+                now = time.ticks_ms()
+            t = ntc.update(int(self._w.ask(b"t 1\n" if ntc.cold else b"t 0\n")), now)
+            if t is not None:
+                return t
+        raise OSError("NTC reading out of both ranges")
 
     def wdt(self, timeout_ms):
         return _Wdt(self._w, timeout_ms)

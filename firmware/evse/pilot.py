@@ -44,6 +44,59 @@ def classify(high_mv, prev):
     return F
 
 
+# -- one CP sample from tagged ADC reads (both boards, boards/esp32_devkitc/README.md) --------
+# A board cannot trigger its ADC from the PWM edge, so it tags every read with the level of
+# its PWM output pin, read just before and just after the conversion: TAG_HIGH, TAG_LOW, or
+# an edge inside the read (the pin changed, the CP was slewing: the read is dropped).
+TAG_LOW = const(0)
+TAG_HIGH = const(3)  # pin high before (bit 0) and after (bit 1) the read
+# Synchronous acquisition: after the pin enters a phase, wait GUARD_US (the CP's rise or fall,
+# < 13 us, IEC 61851-1 Table A.2, plus the measurement filter) before the first read.
+GUARD_US = const(15)
+READS_MIN = const(3)  # a median of 3 outvotes one ADC spike
+READS_MAX = const(5)  # reads per phase, per PWM period; more adds time, not robustness
+PERIODS_MAX = const(4)  # at 5 % duty one read fits per high phase: 3 periods (+1 spare)
+
+
+def median_mv(vals, tags, n, tag, scratch=None):
+    """Median of the first n reads whose tag is `tag` (edge reads never match), or None.
+    `scratch` (len >= n) holds the chosen reads, so a board allocates nothing per sample."""
+    if scratch is None:
+        scratch = [0] * n
+    k = 0
+    for i in range(n):
+        if tags[i] == tag:
+            v = vals[i]
+            j = k
+            while j > 0 and scratch[j - 1] > v:  # insertion sort: at most 20 reads
+                scratch[j] = scratch[j - 1]
+                j -= 1
+            scratch[j] = v
+            k += 1
+    if not k:
+        return None
+    if k & 1:
+        return scratch[k // 2]
+    return (scratch[k // 2 - 1] + scratch[k // 2]) // 2
+
+
+def levels(vals, tags, n, pwm, last_high, last_low, scratch=None):
+    """(high_mv, low_mv) of one CP sample from n tagged reads: the median of the reads taken
+    wholly in the high phase and of those wholly in the low phase, so one ADC spike never
+    sets a level (the old top-3 average let a single spike fake a state). With a constant
+    output (pwm false: +12 V, -12 V or off) there is one level: the median of the clean
+    reads, reported as both. A level without any clean read keeps its last value."""
+    hi = median_mv(vals, tags, n, TAG_HIGH, scratch)
+    lo = median_mv(vals, tags, n, TAG_LOW, scratch)
+    if not pwm:
+        v = hi if lo is None else (lo if hi is None else None)
+        if v is None:
+            # Both tags in a constant-output sample: the output changed during the window.
+            v = last_high if last_high is not None else hi
+        return v, v
+    return (last_high if hi is None else hi), (last_low if lo is None else lo)
+
+
 class Detector:
     """Debounced CP state from raw (high_mv, low_mv) samples."""
 
