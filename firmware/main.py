@@ -6,6 +6,8 @@ import board  # first: the board forces every contactor off before anything else
 # board.temp_c(), board.connectors[0].pilot.sample(), board.uart ...
 board = board.Board()
 station = None
+link = None
+logring = None
 # The MQTT outbox (8 KB in one piece) before anything else takes the heap apart.
 from evse import mqtt  # noqa: E402
 
@@ -15,33 +17,49 @@ _outbox = mqtt.outbox()
 _NOMAIN = board.fs.rstrip("/") + "/nomain"
 
 
-def _logger():
+def _logger(ring):
+    """Log lines to the console (ulogging) and to the RAM ring s.log() shows."""
     try:
         import ulogging
 
         lg = ulogging.getLogger("evse")
         levels = {"info": lg.info, "warn": lg.warning, "error": lg.error}
-
-        def log(level, msg):
-            levels.get(level, lg.info)(msg)
-
-        return log
     except ImportError:
-        return None
+        levels = {}
+
+    def log(level, msg):
+        ring.add(level, msg)
+        f = levels.get(level) or levels.get("info")
+        if f:
+            f(msg)
+
+    return log
 
 
 def main():
-    global station
+    global station, link, logring
     from evse import discovery, tls
     from evse.config import parse_overrides
     from evse.link import Link
+    from evse.logring import LogRing
     from evse.station import Station
 
-    log = _logger()
+    logring = LogRing()
+    log = _logger(logring)
     station = Station(board, log, parse_overrides(board.config_overrides),
                       board.config_pinned)
+    logring.clock = lambda: station.uptime.s
     link = Link(station, log, tls.context, discovery.configs, _outbox)
     _say_image(station, log)
+    if board.console_in is not None:
+        # The service console: `s.status()` etc. typed on the serial port, run by the loop.
+        import service
+
+        from evse.console import Console
+
+        g = globals()
+        g["s"] = service
+        station.console = Console(g, board.console_in)
     station.run(link)
 
 

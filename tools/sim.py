@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ sys.path.insert(0, HERE)
 from simworld import World  # noqa: E402
 
 MAX_LINE = 65536  # a control request longer than this is garbage, not a request
+NTP_TO_UNIX_S = 2208988800  # 1900-01-01 -> 1970-01-01
 
 
 def micropython_binary():
@@ -45,6 +47,9 @@ class Runner:
         self._config_file = None
         self._lock = threading.Lock()
         os.makedirs(args.state_dir, exist_ok=True)
+        self.world.dns_mode = args.dns
+        self.world.dns_delay_s = args.dns_delay_s
+        self.world.ntp_answer = args.ntp == "ok"
 
     # -- firmware link ----------------------------------------------------------------------
     def serve_firmware(self):
@@ -91,6 +96,60 @@ class Runner:
             self.ready_printed = True
         sys.stdout.write("READY %d\n" % self.control_port)
         sys.stdout.flush()
+
+    # -- the network's services: a name service and an NTP server -------------------------
+    def serve_network(self):
+        """The board's name lookups (one TCP connection per query: a line with the name, a
+        line back) and an NTP server on UDP; both on 127.0.0.1, ports passed to the board.
+        The world decides how they answer (ops `dns` and `ntp`)."""
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        self.dns_port = srv.getsockname()[1]
+        world = self.world
+
+        def answer(conn):
+            try:
+                host = conn.makefile("rb").readline().decode("ascii", "replace").strip()
+                conn.sendall(world.dns_lookup(host).encode())
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+        def accept():
+            while True:
+                conn, _ = srv.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        self.ntp_port = udp.getsockname()[1]
+
+        def ntp():
+            while True:
+                try:
+                    req, peer = udp.recvfrom(512)
+                except OSError:
+                    return
+                if len(req) < 48:
+                    continue
+                off = world.ntp_request()
+                if off is None:
+                    continue  # a silent server
+                t = time.time() + off + NTP_TO_UNIX_S
+                ts = struct.pack("!II", int(t) & 0xFFFFFFFF, int((t % 1) * 2**32))
+                # LI 0, version 4, mode 4 (server), stratum 2; originate = the request's
+                # transmit timestamp, then receive and transmit time.
+                reply = bytes((0x24, 2, 6, 0xEC)) + bytes(12) + ts + req[40:48] + ts + ts
+                try:
+                    udp.sendto(reply, peer)
+                except OSError:
+                    pass
+
+        threading.Thread(target=ntp, daemon=True).start()
 
     # -- control port -----------------------------------------------------------------------
     def serve_control(self):
@@ -148,6 +207,9 @@ class Runner:
         if a.broker:
             cmd += ["--broker", a.broker]
         cmd += ["--meter", a.meter]
+        if a.console:
+            cmd += ["--console", "1"]
+        cmd += ["--dns-port", str(self.dns_port), "--ntp-port", str(self.ntp_port)]
         if a.config:
             # In a file, not as arguments: the unix port aborts on an argument over 255 bytes
             # (a long meter.custom map would never boot).
@@ -172,7 +234,11 @@ class Runner:
         while not self.stopping:
             started = time.monotonic()
             self.boots += 1
-            self.proc = subprocess.Popen(self._cmd(), env=self._env(), cwd=ROOT)
+            # The firmware reads the service console from the runner's stdin with
+            # --console, and nothing otherwise (a test's stdin is not a technician).
+            self.proc = subprocess.Popen(self._cmd(), env=self._env(), cwd=ROOT,
+                                         stdin=None if self.args.console else
+                                         subprocess.DEVNULL)
             rc = self.proc.wait()
             self.world.board_reset()
             if self.stopping:
@@ -216,13 +282,24 @@ def parse(argv=None):
     ap.add_argument("--meter", default="sim", help="sim (built-in SDM630) or tcp:HOST:PORT")
     ap.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 256k or 96wk")
     ap.add_argument("--config", action="append", help="key=value (JSON), first boot only")
+    ap.add_argument("--console", action="store_true",
+                    help="the firmware's service console on this process's stdin/stdout")
     ap.add_argument("--ticks-wrap-s", type=float, default=2.0,
                     help="ticks_ms/ticks_us wrap (at 2^30, as on the ESP32) this long after "
                          "each boot (default 2)")
+    ap.add_argument("--dns", default="ok", choices=("ok", "slow", "dead"),
+                    help="the name service at boot: ok, slow (answers after --dns-delay-s) "
+                         "or dead (fails after --dns-delay-s); the dns op changes it")
+    ap.add_argument("--dns-delay-s", type=float, default=3.0,
+                    help="how long a slow or dead name service takes (default 3)")
+    ap.add_argument("--ntp", default="ok", choices=("ok", "dead"),
+                    help="the NTP server at boot: ok (answers) or dead (silent)")
     ap.add_argument("--firmware", default=os.path.join(ROOT, "firmware"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.meter != "sim" and not a.meter.startswith("tcp:"):
         ap.error("--meter must be sim or tcp:HOST:PORT")
+    if not 0 <= a.dns_delay_s <= 60:
+        ap.error("--dns-delay-s must be from 0 to 60")
     return a
 
 
@@ -232,6 +309,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, r.shutdown)
     signal.signal(signal.SIGINT, r.shutdown)
     r.serve_firmware()
+    r.serve_network()
     r.serve_control()
     t = threading.Thread(target=r.supervise, daemon=True)
     t.start()

@@ -49,7 +49,7 @@ class Station:
 
     def __init__(self, state_dir=None, broker=None, station_id="CP1", connectors=1,
                  heapsize=None, config=(), ready_timeout=20.0, quiet=True, meter=None,
-                 firmware=None):
+                 firmware=None, sim_args=(), console=False):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="evse-state-")
         self.id = station_id
         s = socket.socket()
@@ -71,12 +71,53 @@ class Station:
             cmd += ["--meter", meter]
         for kv in config:
             cmd += ["--config", kv]
+        cmd += list(sim_args)  # further runner options, e.g. ["--dns", "slow"]
+        if console:
+            cmd.append("--console")  # type() / console_wait(): the service console
         self.stderr_path = os.path.join(self.state_dir, "sim.stderr")
         self._err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err,
-                                     cwd=ROOT, start_new_session=True)
+                                     cwd=ROOT, start_new_session=True,
+                                     stdin=subprocess.PIPE if console else subprocess.DEVNULL)
+        self._out = bytearray()  # the console's output after READY
+        self._out_cv = threading.Condition()
         self._wait_ready(ready_timeout)
         self.ctl = Control(self.port)
+        if console:
+            threading.Thread(target=self._read_console, daemon=True).start()
+
+    def _read_console(self):
+        while True:
+            b = self.proc.stdout.read1(4096) if hasattr(self.proc.stdout, "read1") else (
+                self.proc.stdout.read(1))
+            if not b:
+                return
+            with self._out_cv:
+                self._out += b
+                self._out_cv.notify_all()
+
+    def console_mark(self):
+        with self._out_cv:
+            return len(self._out)
+
+    def type(self, line):
+        """Type a line at the service console (as a technician on the serial port)."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def console_wait(self, text, since, timeout=10.0):
+        """The console output after mark `since`, once it contains `text` (or once
+        text(output) is true)."""
+        end = time.monotonic() + timeout
+        with self._out_cv:
+            while True:
+                out = self._out[since:].decode("utf-8", "replace")
+                if text(out) if callable(text) else text in out:
+                    return out
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("%r not on the console:\n%s" % (text, out[-3000:]))
+                self._out_cv.wait(left)
 
     def _wait_ready(self, timeout):
         line = [None]
@@ -87,7 +128,8 @@ class Station:
         t = threading.Thread(target=read, daemon=True)
         t.start()
         t.join(timeout)
-        if not line[0] or not line[0].startswith(b"READY"):
+        # The service console's first prompt may come before READY on the same line.
+        if not line[0] or b"READY" not in line[0]:
             self.kill()
             raise RuntimeError("station not ready: %r\n%s" % (line[0], self.stderr()))
 

@@ -23,7 +23,13 @@ FAULT_KINDS = (
     "meter_down",
     "meter_garbage",
     "reader_down",
+    "rcd_test_open",  # extension: the detector's test winding is open (self-test fails)
+    "pilot_dead",  # extension: the pilot generator's output stage is dead (CP reads 0 V)
 )
+
+
+# Hardware imperfections the fault op sets by value: kind -> (hw key, default, maximum).
+HW_FAULTS = {"bounce_ms": ("bounce_ms", 3.0, 1000), "adc_noise": ("noise_mv", 60.0, 2000)}
 
 
 def now_us():
@@ -122,6 +128,8 @@ class Conn:
         self.ev_i = [0.0, 0.0, 0.0]
         self._pending_i = None  # (due_us, [i1, i2, i3])
         self._pending_contacts = None  # (due_us, closed)
+        self.moved_us = None  # when the contacts last moved (bounce and RCD transient)
+        self._glitched = False  # the last read of the inputs was flipped by EMI
         self.cp = "A"
         self.energy_wh = 0.0
 
@@ -146,10 +154,10 @@ class Conn:
 
     def sample(self):
         """CP (high_mv, low_mv) as the board's ADC sees it."""
+        if self.pilot == "off" or self.w.faults[self.id]["pilot_dead"]:
+            return 0, 0
         if self.pilot == "-12":
             return -12000, -12000
-        if self.pilot == "off":
-            return 0, 0
         if not self.plugged:
             high = 12000
         elif self.w.faults[self.id]["cp_short"]:
@@ -258,7 +266,8 @@ class Conn:
         if st != self.cp:
             self.cp = st
             w.event(t, "cp", st, self.id)
-        rcd = w.faults[self.id]["rcd"] or self.rcd_test
+        f = w.faults[self.id]
+        rcd = f["rcd"] or (self.rcd_test and not f["rcd_test_open"])
         if rcd != self.rcd:
             self.rcd = rcd
             w.event(t, "rcd", rcd, self.id)
@@ -321,8 +330,39 @@ class Conn:
             closed = True
         if closed != self.closed:
             self.closed = closed
+            self.moved_us = t
             self.w.event(t, "contactor_feedback", closed, self.id)
             self.settle(t)
+
+    def inputs(self, t):
+        """(mirror contact, RCD) as the board's inputs read them at t: after the contacts
+        move the mirror chatters and the detector sees a transient; EMI may flip one read.
+        The world's own state (closed, rcd, and their events) is unaffected."""
+        w = self.w
+        hw = w.hw
+        fb, rcd = self.closed, self.rcd
+        if self.moved_us is not None:
+            since = t - self.moved_us
+            if since < hw["bounce_ms"] * 1000 and (since // 700) % 2:
+                fb = not fb  # open and closed in turns, 0.7 ms each
+                w.mirror_bounce_reads += 1
+            if since < hw["rcd_transient_ms"] * 1000 and not rcd:
+                rcd = True
+                w.rcd_transient_reads += 1
+        # EMI: a spike shorter than the time between two reads flips one read, never two
+        # in a row (a disturbance that lasts is a fault, not noise).
+        g = hw["input_glitches"]
+        last, self._glitched = self._glitched, False
+        if g and not last:
+            if w.rng.random() < g:
+                fb = not fb
+                self._glitched = True
+                w.input_glitches += 1
+            if not rcd and w.rng.random() < g:
+                rcd = True
+                self._glitched = True
+                w.input_glitches += 1
+        return fb, rcd
 
     # -- firmware outputs -----------------------------------------------------------------
     def set_pilot(self, t, mode, duty_u16=None):
@@ -363,7 +403,19 @@ class Conn:
         self.settle(t)
 
 
+DNS_MODES = ("ok", "slow", "dead")
+DNS_ERR_FAIL = -202  # what the ESP32's getaddrinfo raises when the DNS server is silent
+DNS_ERR_NONAME = -2  # ... and for a name that does not exist
+
+
 class World:
+    # The network's services (extension): the name service and the NTP server the runner
+    # plays (tools/sim.py). Class defaults; the `dns` and `ntp` ops set them per world.
+    dns_mode = "ok"
+    dns_delay_s = 3.0
+    ntp_answer = True
+    ntp_offset_s = 0.0
+
     def __init__(self, connectors=1):
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
@@ -377,7 +429,15 @@ class World:
         # Analog imperfections of the board (op `hw`): ADC noise (mV of CP, 1 sigma), spike
         # probability per read, the cost of one tagged read, MicroPython 1.23-1.25's PWM
         # start glitch. Seeded: a run is repeatable.
-        self.hw = {"noise_mv": 60.0, "spikes": 0.002, "read_us": 25, "start_glitch": False}
+        self.hw = {"noise_mv": 60.0, "spikes": 0.002, "read_us": 25, "start_glitch": False,
+                   # The board's digital inputs: the mirror contact chatters for bounce_ms
+                   # after the contacts move, the RCD module reads tripped for
+                   # rcd_transient_ms after they move (inrush, arcing), and with
+                   # input_glitches (per read) EMI flips one read of either input.
+                   "bounce_ms": 3.0, "rcd_transient_ms": 8.0, "input_glitches": 0.0}
+        self.mirror_bounce_reads = 0  # reads that caught the mirror contact mid-bounce
+        self.rcd_transient_reads = 0  # RCD reads that caught a switching transient
+        self.input_glitches = 0  # reads flipped by input_glitches
         self.rng = random.Random(1)
         self.grid_i = [0.0, 0.0, 0.0]
         self.meter_speed = 1.0
@@ -510,6 +570,9 @@ class World:
             if op == "w":
                 self.wdt_fed_us = t
                 return None
+            if op == "C":
+                self.event(t, "clock", int(f[1]), 0)  # the firmware set its clock (NTP)
+                return None
             if op == "W":
                 self.wdt_timeout_us = int(f[1]) * 1000
                 self.wdt_fed_us = t
@@ -536,7 +599,8 @@ class World:
             pp = -1
             if c.plugged and c.cable_a is not None:
                 pp = PP_OHMS.get(c.cable_a, -1)
-            head = "%d %d %d %d" % (c.closed, c.rcd, pp, len(reads))
+            fb, rcd = c.inputs(t)
+            head = "%d %d %d %d" % (fb, rcd, pp, len(reads))
             return head + "".join(" %d %d" % vg for vg in reads) + "\n", took_us
 
     # -- control port ops ------------------------------------------------------------------
@@ -611,6 +675,8 @@ class World:
 
     def op_fault(self, req, t):
         kind = req.get("kind")
+        if kind in HW_FAULTS:
+            return self._hw_fault(kind, req, t)
         if kind not in FAULT_KINDS:
             raise ValueError("kind must be one of " + ", ".join(FAULT_KINDS))
         on = req.get("on", True)
@@ -634,12 +700,29 @@ class World:
             self.temp_c = float(v)
         self.ntc_sensor = sensor
 
+    def _hw_fault(self, kind, req, t):
+        """`bounce_ms` / `adc_noise` with `value`: the board-wide hw settings by their fault
+        names; `on: false` restores the default."""
+        key, default, top = HW_FAULTS[kind]
+        on = req.get("on", True)
+        if not isinstance(on, bool):
+            raise ValueError("on must be a boolean")
+        v = req.get("value") if on else default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+            raise ValueError("value must be a number from 0 to %d" % top)
+        self.hw[key] = float(v)
+        self.event(t, "fault", {"kind": kind, "on": on, "value": v}, 0)
+        return {key: self.hw[key]}
+
     def op_hw(self, req, t):
         """Extension: the board's analog imperfections (docs/simulator.md)."""
         checks = {
             "noise_mv": lambda v: 0 <= v <= 2000,
             "spikes": lambda v: 0 <= v <= 0.5,
             "read_us": lambda v: 5 <= v <= 200,
+            "bounce_ms": lambda v: 0 <= v <= 1000,
+            "rcd_transient_ms": lambda v: 0 <= v <= 100,
+            "input_glitches": lambda v: 0 <= v <= 0.5,
         }
         new = {}
         for k, ok in checks.items():
@@ -716,6 +799,62 @@ class World:
             raise ValueError("s must be a number of seconds in (0, 60]")
         self.hang_s = float(s)
 
+    def op_dns(self, req, t):
+        """Extension: the name service. ok answers at once, slow after delay_s, dead fails
+        after delay_s (as a silent DNS server does); `down: true` is dead."""
+        mode = req.get("mode", self.dns_mode)
+        if "down" in req:
+            if not isinstance(req["down"], bool):
+                raise ValueError("down must be a boolean")
+            mode = "dead" if req["down"] else ("ok" if mode == "dead" else mode)
+        if mode not in DNS_MODES:
+            raise ValueError("mode must be ok, slow or dead")
+        d = req.get("delay_s", self.dns_delay_s)
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 60:
+            raise ValueError("delay_s must be a number of seconds in [0, 60]")
+        self.dns_mode = mode
+        self.dns_delay_s = float(d)
+        return {"mode": mode, "delay_s": self.dns_delay_s}
+
+    def op_ntp(self, req, t):
+        """Extension: the NTP server. answer=false: requests go unanswered."""
+        a = req.get("answer", self.ntp_answer)
+        if not isinstance(a, bool):
+            raise ValueError("answer must be a boolean")
+        off = req.get("offset_s", self.ntp_offset_s)
+        if isinstance(off, bool) or not isinstance(off, (int, float)) or abs(off) > 1e9:
+            raise ValueError("offset_s must be a number of seconds")
+        self.ntp_answer = a
+        self.ntp_offset_s = float(off)
+        return {"answer": a, "offset_s": self.ntp_offset_s}
+
+    def dns_lookup(self, host):
+        """One name query from the board (runner's name service thread): blocks the asking
+        thread as the mode says; returns the line to answer (`A ip` or `E errno`)."""
+        with self.lock:
+            mode, delay = self.dns_mode, self.dns_delay_s
+            self.event(now_us(), "dns", {"host": host, "query": True}, 0)
+        if mode != "ok":
+            time.sleep(delay)
+        with self.lock:
+            if mode == "dead":
+                err = DNS_ERR_FAIL
+            elif host.endswith(".invalid") or not host:
+                err = DNS_ERR_NONAME  # RFC 2606: a name that never exists
+            else:
+                err = None
+            v = {"host": host, "ip": "127.0.0.1"} if err is None else {"host": host,
+                                                                        "error": err}
+            self.event(now_us(), "dns", v, 0)
+        return "A 127.0.0.1\n" if err is None else "E %d\n" % err
+
+    def ntp_request(self):
+        """One NTP request arrived (runner's NTP thread): the offset to answer with, or
+        None when the server is silent."""
+        with self.lock:
+            self.event(now_us(), "ntp", {"answered": self.ntp_answer}, 0)
+            return self.ntp_offset_s if self.ntp_answer else None
+
     def op_stats(self, req, t):
         """Extension: loop timing as seen from the world (gap between pilot samples)."""
         out = {
@@ -730,6 +869,9 @@ class World:
             "boot_commands": self.boot_commands,
             "temp_reads": self.temp_reads,
             "temp_reads_cold": self.temp_reads_cold,
+            "mirror_bounce_reads": self.mirror_bounce_reads,
+            "rcd_transient_reads": self.rcd_transient_reads,
+            "input_glitches": self.input_glitches,
             "now_us": t,
         }
         if req.get("reset"):

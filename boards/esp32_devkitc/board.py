@@ -239,6 +239,7 @@ class Board(BoardBase):
     def __init__(self):
         self.connectors = [ConnectorHal()]
         self.fs = "/"
+        self.console_in = sys.stdin  # the service console on the USB serial port
         self.uid = binascii.hexlify(machine.unique_id()).decode()
         # RS-485 Modbus meter, 9600 8N1. MicroPython has no RS-485 mode on ESP32, so
         # evse.rs485 drives DE around every frame (high, write, flush, low); with an
@@ -280,7 +281,8 @@ class Board(BoardBase):
         # ESP32 MicroPython counts from 2000; ask the port rather than assume it.
         self._epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
         # Wi-Fi station (config wifi.ssid / wifi.password) and NTP (ntp.host), driven by the
-        # MQTT link: net.poll() every loop, net.online() after each broker connect.
+        # MQTT link: net.poll() every loop; names resolved on the link's lookup thread
+        # (net.resolve), the RTC set by the firmware's NTP client (net.set_time).
         self.net = Net()
 
     def temp_c(self):
@@ -327,7 +329,8 @@ class Board(BoardBase):
 
     def unix_time(self):
         """Seconds since 1970, or None while the RTC is unset (better no timestamp). NTP
-        (net.online()) sets the RTC to 2024 or later, as does an RTC kept across a reset."""
+        (net.set_time(), from evse/ntp.py) sets the RTC to 2024 or later, as does an RTC kept
+        across a reset."""
         t = time.time()
         if time.gmtime(t)[0] < _RTC_VALID_YEAR:
             return None

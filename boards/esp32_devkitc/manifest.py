@@ -25,14 +25,12 @@ include("$(PORT_DIR)/boards/manifest.py")
 # when the filesystem holds one; Ctrl-C at the REPL still stops it.
 package("evse", base_path="../../firmware")
 module("main.py", base_path="../../firmware")
+module("service.py", base_path="../../firmware")  # the technician's kit at the console
 
 # This board, importable as `board` (the name main.py imports), and its Wi-Fi/NTP module.
 module("board.py")
 module("net.py")
 
-# net.py sets the clock with ntptime. The port manifest's networking bundle already has it;
-# stated here so the dependency is explicit.
-require("ntptime")
 
 
 # main.py imports `ulogging` (the pinned micropython-ulogging that `make libs` fetches);

@@ -1,13 +1,18 @@
-"""Wi-Fi station and NTP clock for the ESP32 board (board.net, driven by evse/link.py).
+"""Wi-Fi station, name lookups and the RTC for the ESP32 board (board.net, driven by
+evse/link.py; NTP itself is evse/ntp.py).
 
 poll() runs on every control-loop pass (~5 ms) and must return at once: it is a small state
 machine over the non-blocking ESP32 WLAN calls (connect() only starts the join; the driver
 reports the result through isconnected()). Nothing here sleeps or waits in a loop,
 and on the hot path (nothing changed) it allocates nothing: two config look-ups, identity
-compares, small ints and one isconnected() call."""
+compares, small ints and one isconnected() call. resolve() is the one call that blocks: the
+firmware runs it on a thread of its own (evse/sock.py), never on the control loop."""
 
+import socket
+import time
 from time import ticks_add, ticks_diff
 
+import machine
 import network
 from micropython import const
 
@@ -20,7 +25,7 @@ _JOIN_MS = const(20000)  # give up an attempt that has no IP after 20 s
 _SETTLE_MS = const(500)  # after disconnect(): let the driver drop the old association first
 _BACKOFF_MIN_MS = const(2000)  # wait after the first failed attempt, doubled per failure
 _BACKOFF_MAX_MS = const(60000)
-_NTP_EVERY_MS = const(3600000)  # at most one NTP query per hour (it blocks; see online())
+_EPOCH_2000_S = const(946684800)  # 1970-01-01 -> 2000-01-01
 
 
 class Net:
@@ -38,17 +43,18 @@ class Net:
         self._retry_ms = 0
         self._deadline_ms = 0
         self._backoff = _BACKOFF_MIN_MS
-        self._ntp_ms = None
+        self.ntp_port = 123  # evse/ntp.py asks this UDP port
+        # ESP32 MicroPython counts from 2000 (older ports) or 1970: ask the port.
+        self._epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
         # Diagnostics, reported in diag ("net") and readable at the REPL.
         self.joins = 0  # successful joins
         self.losses = 0  # connections lost after being up
         self.failures = 0  # attempts given up (no IP within 20 s, or the driver raised)
         self.last_status = None  # wlan.status() when the last attempt timed out (201 no AP...)
-        self.clock_set = False  # True once NTP has set the RTC
 
     def diag(self):
         return {"joins": self.joins, "losses": self.losses, "failures": self.failures,
-                "last_status": self.last_status, "clock_set": self.clock_set}
+                "last_status": self.last_status}
 
     # -- link hooks ------------------------------------------------------------------------
     def poll(self, now_ms, cfg):
@@ -84,34 +90,18 @@ class Net:
             self._join(now_ms)
         return False
 
-    def online(self, now_ms, cfg):
-        """Called once after each MQTT connect: set the RTC by NTP, at most once an hour.
+    def resolve(self, host):
+        """The IPv4 address of host, as text. BLOCKS: the port's getaddrinfo waits for the
+        DNS server (lwIP: about 7 s per silent server) or, for a `.local` name, for an mDNS
+        answer (up to 5 s). evse/sock.py calls it on its own thread; the port releases the
+        GIL meanwhile (MP_THREAD_GIL_EXIT around the lookup), so the control loop runs."""
+        return socket.getaddrinfo(host, 0)[0][-1][0]
 
-        This is the one call here that blocks. ntptime.settime() resolves the host
-        (getaddrinfo: instant for an IP literal, normally tens of ms right after the broker
-        connect proved DNS works, several seconds only if the DNS server stops answering) and
-        then waits for the UDP reply with a 1 s socket timeout (ntptime's `timeout`, 1 s,
-        hard-coded in older versions). So about 1 s at worst, once an hour, while DNS
-        answers. Every exception is swallowed: a failed NTP query must never disturb the link
-        or charging; it is not retried before the hour is up either."""
-        last = self._ntp_ms
-        if last is not None:
-            d = ticks_diff(now_ms, last)
-            if 0 <= d < _NTP_EVERY_MS:  # d < 0 only after a ticks wrap (days): query again
-                return
-        self._ntp_ms = now_ms
-        try:
-            host = cfg["ntp.host"]
-            if not host:
-                return
-            import ntptime
-
-            ntptime.host = host
-            ntptime.timeout = 1  # the default; stated so the bound above holds
-            ntptime.settime()
-            self.clock_set = True
-        except Exception:  # noqa: BLE001 - DNS, timeout, no ntptime module, bad reply
-            pass
+    def set_time(self, unix_s):
+        """Set the RTC (UTC) from NTP (evse/ntp.py). board.unix_time() reads it back; from
+        then on mbedTLS checks certificate dates against a real date."""
+        tm = time.gmtime(unix_s - self._epoch_s)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     # -- the state machine -----------------------------------------------------------------
     def _credentials(self, now_ms, ssid, pw):

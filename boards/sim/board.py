@@ -188,6 +188,41 @@ def _args(argv):
     return opts
 
 
+class SimNet:
+    """The simulated network (board.net): always up; names are looked up at the runner's
+    name service (the `dns` op makes it slow or dead) and the clock is set from the runner's
+    NTP server (the `ntp` op). Like the ESP32's getaddrinfo, resolve() blocks its caller for
+    as long as the name service takes, so a lookup on the control loop stalls the loop."""
+
+    def __init__(self, board, dns_port, ntp_port):
+        self._board = board
+        self._dns = socket.getaddrinfo("127.0.0.1", dns_port)[0][-1]
+        self.ntp_port = ntp_port
+
+    def poll(self, now_ms, cfg):
+        return True
+
+    def diag(self):
+        return {}
+
+    def resolve(self, host):
+        s = socket.socket()
+        try:
+            s.settimeout(120)  # the runner answers every query, however slowly
+            s.connect(self._dns)
+            s.write(host.encode() + b"\n")
+            f = s.readline().split()
+        finally:
+            s.close()
+        if not f or f[0] != b"A":
+            raise OSError(int(f[1]) if len(f) > 1 else -202)
+        return f[1].decode()
+
+    def set_time(self, unix_s):
+        self._board._clock_off = unix_s - time.time()
+        self._board._w.send(b"C %d\n" % unix_s)  # the world logs when the clock was set
+
+
 class Board(BoardBase):
     name = "sim"
     max_current_a = 32.0  # what the simulated contactor and wiring are rated for
@@ -210,6 +245,8 @@ class Board(BoardBase):
             host, _, port = b.rpartition(":")
             self.config_pinned = {"mqtt.host": host, "mqtt.port": int(port)}
         self.config_overrides = opts["config"]
+        if opts.get("console") == "1":
+            self.console_in = sys.stdin  # the runner's stdin (sim.py --console)
         if "config-file" in opts:
             with open(opts["config-file"]) as f:
                 self.config_overrides += [ln for ln in f.read().split("\n") if ln]
@@ -220,6 +257,10 @@ class Board(BoardBase):
         if m.startswith("tcp:"):
             self.meter_transport = m
         self._ntc = Ntc()  # the NTC's range pin: the world is told the range with each read
+        # The runner's name service and NTP server; the RTC is unset until NTP sets it.
+        self._clock_off = None
+        if "dns-port" in opts:
+            self.net = SimNet(self, int(opts["dns-port"]), int(opts["ntp-port"]))
 
     def temp_c(self):
         """The NTC through the same two-range divider and conversion as the ESP32 board
@@ -251,7 +292,13 @@ class Board(BoardBase):
         time.sleep_ms(ms)
 
     def unix_time(self):
-        return int(time.time())
+        """None until the firmware's NTP client has set the clock (as an ESP32's RTC after
+        a cold boot); without the runner's network (an old runner) the host's clock."""
+        if self.net is None:
+            return int(time.time())
+        if self._clock_off is None:
+            return None
+        return int(time.time() + self._clock_off)
 
     def reset(self):
         self._w.send(b"X\n")

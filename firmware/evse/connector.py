@@ -81,6 +81,7 @@ class Connector:
         self._creq_ms = None  # since when a settled C under this PWM asks for power
         self._diode_bad = 0
         self._diode_seen = False  # a passing diode check since the PWM (re)started
+        self.held = False  # the outputs are the self-test's (evse/selftest.py)
         self.cp = pilot.A
         self.limit_a = 0.0
         self.limit_by = "hardware"
@@ -130,6 +131,18 @@ class Connector:
             pass
         self.set_fault("InternalError", CLEAR_UNPLUG, now, detail)
         self.state = "Faulted"  # the step that raised never got to derive it
+
+    def hold(self, now):
+        """Hand the outputs to the self-test: contactor open, no stepping until release()."""
+        self.force_safe(now)
+        self.held = True
+
+    def release(self):
+        """Outputs back: the next step drives them afresh from the state machine."""
+        self.held = False
+        self.out = None
+        self.duty = None
+        self._out_samples = 0
 
     def shutdown(self, now):
         """Before a reset: end charging, contactor open, pilot to +12 V (nothing offered)."""
@@ -192,6 +205,8 @@ class Connector:
 
     # -- the state machine ---------------------------------------------------------------
     def step(self, now, station_limits, thermal_stop):
+        if self.held:
+            return  # the self-test owns the outputs for a second or two (no EV connected)
         hal = self._hal
         cfg = self._cfg
         self._age_stamps(now)

@@ -42,11 +42,13 @@ class BoardBase:
     # -- optional --------------------------------------------------------------------------
     uart = None  # the meter's RS-485 UART (machine.UART-like, non-blocking reads), or None
     spi = None  # SPI bus of the RFID reader, or None
-    net = None  # network bring-up: poll(now_ms, cfg) -> link up?, online(now_ms, cfg),
-    #             diag() -> dict for the diag command
+    net = None  # network: poll(now_ms, cfg) -> link up?, resolve(host) (blocking, called
+    #             on the lookup thread), set_time(unix_s), ntp_port, diag() (docs/boards.md)
     meter_transport = None  # overrides config meter.transport (e.g. the sim's "tcp:H:P")
     config_overrides = ()  # ["key=json", ...]: first-boot configuration (factory values)
     config_pinned = None  # {key: value} fixed on every boot, shown in config, not settable
+    console_in = None  # the serial console's input (pollable, e.g. sys.stdin) for the
+    #                    service console (evse/console.py), or None for none
 
     def ready(self):
         """The first control-loop pass completed (LED on, confirm an OTA image)."""

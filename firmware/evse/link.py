@@ -3,16 +3,23 @@
 Connects with a last will, resubscribes after every connect, reconnects with exponential
 backoff and jitter, hands commands to the API and tells the failsafe whether the link is
 up. What is published, and when, is the telemetry's job (evse/telemetry.py). poll() never
-blocks: the client underneath is a state machine (evse/mqtt.py)."""
+blocks: the client underneath is a state machine (evse/mqtt.py), the broker's name is looked
+up off the loop (evse/sock.py), the clock is set by NTP without waiting (evse/ntp.py), and a
+TLS handshake is paced one step per loop (evse/tls.py)."""
 
+from evse import sock
 from evse.api import MAX_PAYLOAD, Api
-from evse.compat import const, ticks_add, ticks_diff
+from evse.compat import const, ticks_add, ticks_diff, ticks_ms
 from evse.mqtt import CONNECTED, DISCONNECTED, Client
+from evse.ntp import Ntp
 from evse.report import dumps
 from evse.telemetry import Telemetry
 
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
+# Without TLS the first connect after boot waits at most this long for the first NTP
+# answer, so the first status carries a time stamp; TLS waits for the clock however long.
+_CLOCK_GRACE_MS = const(3000)
 
 try:
     from random import getrandbits
@@ -47,6 +54,20 @@ class Link:
         self.replies_dropped = 0
         self.bytes_tx = 0
         self.bytes_rx = 0
+        # Names and the clock (board.net: resolve, set_time, ntp_port). Without a network
+        # module the board's clock is whatever it is and names go to socket.getaddrinfo.
+        self.resolver = sock.resolver
+        net = station.board.net
+        self.ntp = None
+        if net is not None:
+            self.resolver.lookup = net.resolve
+            self.ntp = Ntp(self.resolver, net.set_time, net.ntp_port)
+        self.wait = None  # why no connect is being tried: "network", "clock", "dns" or None
+        self._up_ms = None  # when the network first came up (the clock grace counts from it)
+        self._grace_over = False
+        self._clock_ok = False
+        self._clock_syncs = -1
+        self.tls_step_max_ms = 0  # longest control-loop pass spent in a TLS handshake
 
     # -- hooks for the API ----------------------------------------------------------------
     def config_changed(self, keys):
@@ -105,8 +126,6 @@ class Link:
             c.subscribe(self._ha_status, 1)
         self.telemetry.connected(self._pub, self.base)
         st.events.add("info", "Connected", 0, "%s" % self._host)
-        if st.board.net is not None:
-            st.board.net.online(now, st.cfg)  # e.g. set the clock by NTP, once per connect
 
     def _went_down(self, now, why, deliberate=False):
         c = self.client
@@ -121,6 +140,64 @@ class Link:
         if self._log and not self._failing and not deliberate:
             self._log("warn", "mqtt %s: %r" % (self._host, why))
         self._failing = not deliberate
+        if not deliberate:
+            self.resolver.refresh(self.st.cfg["mqtt.host"])  # the broker may have moved
+
+    def _waiting(self, why):
+        """No attempt now, for a reason that is not a failure (diag link_wait, logged once)."""
+        if why == self.wait:
+            return
+        self.wait = why
+        if self._log and why is not None:
+            cfg = self.st.cfg
+            if why == "clock":
+                if not cfg["mqtt.tls"]:
+                    msg = "waiting up to %d ms for the clock (NTP)" % _CLOCK_GRACE_MS
+                elif self.ntp is None or not cfg["ntp.host"]:
+                    msg = "TLS waits for the clock, and nothing sets it (no NTP)"
+                else:
+                    msg = "TLS waits for the clock (NTP from %s)" % cfg["ntp.host"]
+            elif why == "dns":
+                msg = "looking up %s" % cfg["mqtt.host"]
+            else:
+                msg = "no network"
+            self._log("info", "mqtt: " + msg)
+
+    def _hold(self, now):
+        """Why the next connect attempt has to wait (None: go). Raises OSError when the
+        broker's name could not be looked up. Never blocks."""
+        st = self.st
+        cfg = st.cfg
+        host = cfg["mqtt.host"]
+        if not host:
+            return None
+        # Asked first, so the lookup runs while the clock is being set.
+        ip = self.resolver.get(host)
+        if not self._clock_set():
+            # mbedTLS checks the broker certificate's dates against the board's clock,
+            # which starts in 2000 after a cold boot: a TLS handshake would always fail.
+            if cfg["mqtt.tls"]:
+                return "clock"
+            if not self._grace_over:
+                ntp = self.ntp
+                if (ntp is None or ntp.tried or not cfg["ntp.host"]
+                        or ticks_diff(now, self._up_ms) >= _CLOCK_GRACE_MS):
+                    self._grace_over = True
+                else:
+                    return "clock"
+        if ip is None:
+            return "dns"  # the lookup runs on its own thread; the loop goes on
+        return None
+
+    def _clock_set(self):
+        """Whether the board's clock holds a date. Asked again only when NTP has set it
+        (unix_time() allocates on the ESP32; this runs every loop while waiting)."""
+        ntp = self.ntp
+        syncs = ntp.syncs if ntp is not None else 0
+        if not self._clock_ok and syncs != self._clock_syncs:
+            self._clock_syncs = syncs
+            self._clock_ok = self.st.board.unix_time() is not None
+        return self._clock_ok
 
     def _start(self, now):
         st = self.st
@@ -141,13 +218,27 @@ class Link:
         c.set_credentials(cfg["mqtt.user"], cfg["mqtt.password"])
         c.connect(host, port, now)
 
+    def _retry_later(self, now):
+        # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
+        jitter = getrandbits(16) % (self._backoff // 2 + 1)
+        self._retry_ms = ticks_add(now, self._backoff + jitter)
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
+
     def poll(self, now):
         self._now = now
         st = self.st
+        cfg = st.cfg
         if self._reboot_ms is not None and ticks_diff(now, self._reboot_ms) >= 0:
             self._reboot(now)
         c = self.client
         net = st.board.net
+        self.resolver.now_s = st.uptime.s
+        up = net is None or net.poll(now, cfg)
+        if up:
+            if self._up_ms is None:
+                self._up_ms = now
+            if self.ntp is not None:
+                self.ntp.poll(now, cfg["ntp.host"])  # at boot, then hourly; never waits
         if self._retry_ms is not None and ticks_diff(now, self._retry_ms) >= 0:
             # Due: forgotten, up or down. Kept for days (ticks wrap) it would read as still
             # to come and hold the next reconnect back for days.
@@ -156,26 +247,48 @@ class Link:
             if self._up or c.error is not None:
                 self._went_down(now, c.error)
                 c.error = None
-            if net is not None and not net.poll(now, st.cfg):
-                return  # no IP link yet (Wi-Fi joining): nothing to connect over
+            if not up:
+                self._waiting("network")  # no IP link yet (Wi-Fi joining)
+                return
             if self._retry_ms is not None:
                 return
-            # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
-            jitter = getrandbits(16) % (self._backoff // 2 + 1)
-            self._retry_ms = ticks_add(now, self._backoff + jitter)
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
+            try:
+                why = self._hold(now)
+            except OSError as e:  # the lookup failed: a failed attempt, with backoff
+                self._waiting("dns")
+                self._retry_later(now)
+                self._host = "%s:%d" % (cfg["mqtt.host"], cfg["mqtt.port"])
+                self._went_down(now, e)
+                return
+            self._waiting(why)
+            if why is not None:
+                return
+            self._retry_later(now)
             try:
                 self._start(now)
-            except Exception as e:  # noqa: BLE001 - DNS, TLS setup, bad address
+            except Exception as e:  # noqa: BLE001 - TLS setup (CA file), bad address
                 self._went_down(now, e)
             return
-        if net is not None and not net.poll(now, st.cfg):
+        if not up:
             c.close("network down")
             return
-        c.poll(now)
+        ctx = c.ssl_context
+        if ctx is not None and c.state != CONNECTED:
+            # A TLS handshake: one paced step per pass (evse/tls.py), and the longest
+            # pass measured (diag tls_step_max_ms), for the bench and the field.
+            ctx.turn()
+            t0 = ticks_ms()
+            c.poll(now)
+            dt = ticks_diff(ticks_ms(), t0)
+            if dt > self.tls_step_max_ms:
+                self.tls_step_max_ms = dt
+        else:
+            c.poll(now)
         if c.state != CONNECTED:
             return
         if not self._up:
+            if ctx is not None:
+                ctx.release()  # handshake done: no more pacing
             self._on_connected(now)
         if self._reconnect:
             if c.outbox_bytes():
@@ -187,6 +300,13 @@ class Link:
             self._backoff = _BACKOFF_MIN_MS
             return
         self.telemetry.poll(now)
+
+    def clock_diag(self):
+        d = {"set": self.st.board.unix_time() is not None, "syncs": 0, "failures": 0,
+             "last_error": None, "server": None}
+        if self.ntp is not None:
+            d.update(self.ntp.diag())
+        return d
 
     def failed(self, exc):
         """The loop caught an exception from poll(): drop the connection, retry later."""

@@ -108,4 +108,8 @@ def diag(st, link, now):
         "events_coalesced": st.events.coalesced,
         "modbus": st.metering.diag(),
         "net": st.board.net.diag() if st.board.net is not None else None,
+        "link_wait": link.wait,
+        "dns": link.resolver.diag(),
+        "clock": link.clock_diag(),
+        "tls_step_max_ms": link.tls_step_max_ms,
     }

@@ -39,6 +39,8 @@ class Station:
                                  [self.limits] + [c.limits for c in self.connectors],
                                  self.boot_ms)
         self.image = None  # which modules run from files, not frozen (evse.image; main.py)
+        self.console = None  # the service console (evse.console; main.py), polled each loop
+        self.job = None  # a service job stepped by the loop (the self-test)
         self.loop_max_gap_ms = 0
         self.loop_count = 0
         self.exceptions = 0
@@ -106,6 +108,15 @@ class Station:
                     link.poll(now)
                 except Exception as e:  # noqa: BLE001 - the network never stops charging
                     link.failed(e)
+            if self.job is not None:
+                self.job.step(now)
+                if self.job.done:
+                    self.job = None
+            if self.console is not None:
+                try:
+                    self.console.poll()
+                except Exception:  # noqa: BLE001 - a broken console must not stop charging
+                    self.console = None
             wdt.feed()
             if first:
                 board.ready()
