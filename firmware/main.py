@@ -44,11 +44,12 @@ def main():
     from evse.logring import LogRing
     from evse.station import Station
 
-    logring = LogRing()
+    logring = LogRing(path=board.fs.rstrip("/") + "/log.txt")
     log = _logger(logring)
     station = Station(board, log, parse_overrides(board.config_overrides),
                       board.config_pinned)
     logring.clock = lambda: station.uptime.s
+    station.logbook = logring
     link = Link(station, log, tls.context, discovery.configs, _outbox)
     _say_image(station, log)
     if board.console_in is not None:

@@ -50,7 +50,7 @@ def _kv(d, skip=()):
 def help():  # noqa: A001 - the name a technician types
     """What this kit offers."""
     _print("""s.status()          the station, link and connectors at a glance
-s.log(n=20)         the last n log lines
+s.log(n=20)         the last n log lines; s.log(50, saved=True): the file on flash
 s.config()          configuration (secrets masked)
 s.set(key, value)   change one setting (checked like config_set)
 s.wifi(ssid, pw)    join a Wi-Fi network (a fresh board has none)
@@ -85,12 +85,13 @@ def status():
             "  error %s" % c.fault if c.fault else ""))
 
 
-def log(n=20):
-    """The last n lines of the log (RAM ring)."""
+def log(n=20, saved=False):
+    """The last n log lines; saved=True: from the file on flash, which survives a reset
+    (written while no contactor is closed)."""
     import __main__
 
     ring = getattr(__main__, "logring", None)
-    lines = ring.last(n) if ring is not None else []
+    lines = [] if ring is None else ring.tail(n) if saved else ring.last(n)
     if not lines:
         _print("(no log lines)")
     for line in lines:

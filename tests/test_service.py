@@ -112,3 +112,20 @@ def test_selftest_refuses_with_an_ev_connected(con):
     out = say(st, "s.selftest()", "selftest refused")
     assert "EV connected" in out
     assert [e for e in st.ctl.events(n) if e["what"] in ("contactor", "rcd", "pilot")] == []
+
+
+def test_the_log_file_survives_a_reset(con):
+    """s.log(saved=True) reads the file on flash: the previous boot's lines are there.
+    Break: no flush from the loop (station.logbook unset) -> only this boot's lines, none
+    on flash."""
+    st = con()
+    say(st, "s.status()", "c1 ")
+    boots = len(st.op("stats")["boot_commands"])
+    st.type("station.reboot(0)")  # the console runs in main.py's namespace
+    st.wait_for(lambda s: len(st.op("stats")["boot_commands"]) > boots, timeout=15,
+                what="a second boot")
+    say(st, "s.status()", "c1 ")  # the new boot's console runs: its loop has flushed
+    m = st.console_mark()
+    st.type("s.log(40, saved=True)")
+    # Both boots' lines, read from flash (the RAM ring holds only this boot's).
+    st.console_wait(lambda out: out.count("firmware 0.1.0, modules: files\n") == 2, m)

@@ -41,6 +41,7 @@ class Station:
         self.image = None  # which modules run from files, not frozen (evse.image; main.py)
         self.console = None  # the service console (evse.console; main.py), polled each loop
         self.job = None  # a service job stepped by the loop (the self-test)
+        self.logbook = None  # the log ring with its file on flash (evse.logring; main.py)
         self.loop_max_gap_ms = 0
         self.loop_count = 0
         self.exceptions = 0
@@ -117,6 +118,11 @@ class Station:
                     self.console.poll()
                 except Exception:  # noqa: BLE001 - a broken console must not stop charging
                     self.console = None
+            if self.logbook is not None:
+                closed = False
+                for c in self.connectors:
+                    closed = closed or c.contactor
+                self.logbook.flush(now, closed)  # flash only while no contactor is closed
             wdt.feed()
             if first:
                 board.ready()
