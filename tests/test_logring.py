@@ -35,6 +35,6 @@ def test_the_file_rotates_and_ram_is_bounded(tmp_path):
     assert os.path.exists(str(tmp_path / "log.1.txt"))
     assert r.tail(1) == ["     0 info  line 399 " + "x" * 60]
     r2 = LogRing(path=p)
-    for i in range(1000):  # never written (always charging): the oldest go, counted
+    for _ in range(1000):  # never written (always charging): the oldest go, counted
         r2.add("info", "y" * 50)
     assert r2._pending_bytes <= 2048 and r2.dropped > 900
