@@ -19,6 +19,9 @@ class FakePilot:
     def plus12(self):
         self.mode, self.duty = "+12", None
 
+    def duty_read(self):
+        return None  # this fake cannot time its pin
+
     def minus12(self):
         self.mode, self.duty = "-12", None
 

@@ -68,8 +68,8 @@ def test_selftest_passes_on_a_healthy_board(con):
     st = con()
     n = next_event(st)
     out = say(st, "s.selftest()", "selftest: PASS", timeout=15)
-    for check in ("PASS pilot", "PASS RCD", "PASS contactor", "PASS meter c1",
-                  "SKIP RFID reader"):
+    for check in ("PASS pilot ", "PASS pilot duty", "40.0 % commanded, 40.0 % measured",
+                  "PASS RCD", "PASS contactor", "PASS meter c1", "SKIP RFID reader"):
         assert check in out, out
     # It really switched: the contactor closed and opened, the RCD test current flowed.
     evs = st.ctl.events(n)
@@ -86,10 +86,14 @@ def test_selftest_passes_on_a_healthy_board(con):
     ("rcd_test_open", "FAIL RCD", "GroundFailure"),
     ("pilot_dead", "FAIL pilot +12 V", "EVCommunicationError"),
     ("meter_down", "FAIL meter c1", None),
+    ("duty_error", "40.0 % commanded, 43.0 % measured", "EVCommunicationError"),
 ])
 def test_selftest_fail_leaves_the_station_safe_and_faulted(con, kind, line, error):
     st = con()
-    st.op("fault", kind=kind, on=True)
+    if kind == "duty_error":
+        st.op("hw", duty_error=3.0)  # the generator's timer 3 points off
+    else:
+        st.op("fault", kind=kind, on=True)
     n = next_event(st)
     say(st, "s.selftest()", "selftest: ", timeout=15)
     out = st.console_wait("selftest: 1 FAIL\n", 0, timeout=15)
@@ -97,7 +101,8 @@ def test_selftest_fail_leaves_the_station_safe_and_faulted(con, kind, line, erro
     s = st.op("get")
     assert not s["contactor"]
     if error:
-        st.op("fault", kind=kind, on=False)
+        if kind != "duty_error":
+            st.op("fault", kind=kind, on=False)
         out = say(st, "s.status()", "c1 ")
         assert "error %s" % error in out or "Faulted" in out, out
     if kind == "stuck_open":  # it did try: the close was commanded

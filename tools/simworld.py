@@ -147,6 +147,12 @@ class Conn:
             return "D" if self.vent else "C"
         return "B"
 
+    def pin_duty_pct(self):
+        """The generator's GPIO, high for the duty of the PWM (100 % at +12 V)."""
+        if self.pilot == "pwm":
+            return self.duty_u16 * 100 / 65536 + self.w.hw["duty_error"]
+        return 100.0 if self.pilot == "+12" else 0.0
+
     def duty_pct(self):
         if self.pilot != "pwm":
             return None
@@ -434,7 +440,10 @@ class World:
                    # after the contacts move, the RCD module reads tripped for
                    # rcd_transient_ms after they move (inrush, arcing), and with
                    # input_glitches (per read) EMI flips one read of either input.
-                   "bounce_ms": 3.0, "rcd_transient_ms": 8.0, "input_glitches": 0.0}
+                   "bounce_ms": 3.0, "rcd_transient_ms": 8.0, "input_glitches": 0.0,
+                   # A PWM generator off by this many percentage points (a drifting
+                   # timer): the pin and the CP follow it; the self-test measures it.
+                   "duty_error": 0.0}
         self.mirror_bounce_reads = 0  # reads that caught the mirror contact mid-bounce
         self.rcd_transient_reads = 0  # RCD reads that caught a switching transient
         self.input_glitches = 0  # reads flipped by input_glitches
@@ -561,6 +570,9 @@ class World:
             if op == "B":
                 self.line.baud = int(f[1])
                 return None
+            if op == "Q":
+                # The PWM pin's duty as the board measures it (share of time high).
+                return "%.1f\n" % self.conns[int(f[1])].pin_duty_pct()
             if op == "t":
                 # The NTC divider in the range the board selected, through the ADC.
                 cold = len(f) > 1 and f[1] == "1"
@@ -723,6 +735,7 @@ class World:
             "bounce_ms": lambda v: 0 <= v <= 1000,
             "rcd_transient_ms": lambda v: 0 <= v <= 100,
             "input_glitches": lambda v: 0 <= v <= 0.5,
+            "duty_error": lambda v: -50 <= v <= 50,
         }
         new = {}
         for k, ok in checks.items():

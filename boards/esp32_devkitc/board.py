@@ -136,6 +136,18 @@ class Pilot:
     def minus12(self):
         self.pwm(0)
 
+    def duty_read(self):
+        """The PWM pin's duty in %: the share of polls finding it high over two whole
+        periods (2 ms at 1 kHz; a few hundred polls, about 0.5 % resolution). For the
+        self-test, not the control loop."""
+        lv = self._level
+        high = n = 0
+        t0 = ticks_us()
+        while ticks_diff(ticks_us(), t0) < 2000:
+            high += lv()
+            n += 1
+        return 100.0 * high / n if n else None
+
     def sample(self):
         """(high_mv, low_mv) of the CP line; allocates nothing. Up to _CP_LIMIT_US."""
         vals = self._vals

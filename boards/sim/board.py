@@ -49,6 +49,7 @@ class Pilot:
         self._w = world
         self._p = b"P %d " % cid
         self._s = b"S %d\n" % cid
+        self._q = b"Q %d\n" % cid
         self._hal = hal
         self._pwm = False
         self._high = self._low = 0  # the generator is off until the first command
@@ -64,6 +65,10 @@ class Pilot:
     def plus12(self):
         self._pwm = False
         self._w.send(self._p + b"H\n")
+
+    def duty_read(self):
+        """The PWM pin's measured duty in percent (the world times the pin)."""
+        return float(self._w.ask(self._q))
 
     def minus12(self):
         self._pwm = False

@@ -12,7 +12,8 @@ class BoardBase:
     max_current_a = None  # what the contactor, terminals and wiring are rated for (A)
     phases = 3  # phases wired to the outlet
     # connectors: list of per-connector HAL objects, each with
-    #   .pilot: pwm(duty_u16), plus12(), minus12(), sample() -> (high_mv, low_mv)
+    #   .pilot: pwm(duty_u16), plus12(), minus12(), sample() -> (high_mv, low_mv),
+    #           duty_read() -> the generator pin's measured duty in %, or None (cannot)
     #   .contactor: set(on), feedback() -> True/False, or None without a mirror contact
     #   rcd_tripped() -> bool, rcd_test(on), pp_ohms() -> ohms or None (no PP resistor)
     connectors = ()

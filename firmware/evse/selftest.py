@@ -14,6 +14,7 @@ _CONTACT_MS = const(150)  # contacts travel and bounce (the connector blanks 250
 _RCD_MS = const(1500)
 _PLUS_MV = (10800, 13200)  # +12 V within 10 %
 _MINUS_MV = (-13200, -10800)
+_DUTY_TOL = 1.0  # percentage points (the tolerance quoted for IEC 61851-1; docs/standards.md)
 
 
 class SelfTest:
@@ -105,13 +106,21 @@ class SelfTest:
             hal.pilot.pwm(26214)  # 40 %: both phases long enough to read
             yield from self._wait(_SETTLE_MS, hal)
             ph, pl = hal.pilot.sample()
+            duty = hal.pilot.duty_read()
             hal.pilot.plus12()
             if not (_PLUS_MV[0] <= ph <= _PLUS_MV[1] and _MINUS_MV[0] <= pl <= _MINUS_MV[1]):
                 self._fail(name + "pilot PWM", "read %.1f / %.1f V" % (ph / 1000, pl / 1000),
                            c, "EVCommunicationError", CLEAR_UNPLUG)
                 continue
+            if duty is not None and abs(duty - 40.0) > _DUTY_TOL:
+                self._fail(name + "pilot duty", "40.0 %% commanded, %.1f %% measured" % duty,
+                           c, "EVCommunicationError", CLEAR_UNPLUG)
+                continue
             self._line("PASS", name + "pilot", "+12 %.1f V, -12 %.1f V, PWM %.1f/%.1f V" % (
                 high / 1000, low / 1000, ph / 1000, pl / 1000))
+            self._line("PASS" if duty is not None else "SKIP", name + "pilot duty",
+                       "40.0 %% commanded, %.1f %% measured" % duty if duty is not None
+                       else "this board cannot time the PWM pin")
             # 2. RCD: test current -> trip -> release.
             c.rcd.start(self._now)
             t0 = self._now
