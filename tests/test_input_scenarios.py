@@ -56,7 +56,7 @@ def test_a_mirror_contact_bouncing_for_400_ms_is_not_a_contactor_fault(st):
     charging(st)
     time.sleep(0.6)  # the whole bounce, seen by the firmware's reads
     caught = st.op("stats")["mirror_bounce_reads"] - before
-    assert caught >= 20, caught
+    assert caught >= 8, caught  # about 3 in 10 of ~70 reads, past the 250 ms blanking too
     assert _faults(st, n) == []
     assert st.op("get")["contactor"]
     st.op("fault", kind="bounce_ms", on=False)

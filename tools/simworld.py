@@ -130,6 +130,7 @@ class Conn:
         self._pending_contacts = None  # (due_us, closed)
         self.moved_us = None  # when the contacts last moved (bounce and RCD transient)
         self._glitched = False  # the last read of the inputs was flipped by EMI
+        self._bounced = False  # the last mirror read caught a bounce blip
         self.cp = "A"
         self.energy_wh = 0.0
 
@@ -349,9 +350,14 @@ class Conn:
         fb, rcd = self.closed, self.rcd
         if self.moved_us is not None:
             since = t - self.moved_us
-            if since < hw["bounce_ms"] * 1000 and (since // 700) % 2:
-                fb = not fb  # open and closed in turns, 0.7 ms each
+            if since < hw["bounce_ms"] * 1000 and not self._bounced and w.rng.random() < 0.3:
+                # A bounce blip is shorter than the time between two reads: a read may
+                # catch one (3 in 10 do), never two reads in a row.
+                fb = not fb
                 w.mirror_bounce_reads += 1
+                self._bounced = True
+            else:
+                self._bounced = False
             if since < hw["rcd_transient_ms"] * 1000 and not rcd:
                 rcd = True
                 w.rcd_transient_reads += 1
