@@ -76,8 +76,10 @@ def test_charging_goes_on_while_the_broker_name_is_looked_up(mode, DELAY_S):
         assert q["t_us"] < b["t_us"] < a["t_us"], (q, b, a)
         assert ms <= OPEN_LIMIT_MS
         assert [e for e in st.ctl.events(0) if e["what"] == "watchdog"] == []
-        assert not [x for x in mq.after(m0) if x[0] == BASE + "/online"]
         if mode == "dead":
+            # No name, no connection (with a slow name service the broker's lookup may
+            # already have answered by now, around the NTP server's).
+            assert not [x for x in mq.after(m0) if x[0] == BASE + "/online"]
             assert "error" in a["value"]
             m = mq.mark()
             st.op("dns", mode="ok")
