@@ -17,8 +17,16 @@ IDF_VERSION := v5.4.2
 MPY_DIR     ?=
 IDF_PATH    ?=
 # Our board -> MicroPython's port and board definition it builds on.
-MPY_PORT_esp32_devkitc  := esp32
-MPY_BOARD_esp32_devkitc := ESP32_GENERIC
+MPY_PORT_esp32_devkitc     := esp32
+MPY_BOARD_esp32_devkitc    := ESP32_GENERIC
+MPY_PORT_olimex_esp32_evb  := esp32
+MPY_BOARD_olimex_esp32_evb := ESP32_GENERIC
+# Folders of modules a board shares with other boards: frozen by its manifest.py, copied next
+# to board.py by `make deploy` (files ending in manifest.py are not copied).
+SHARED_esp32_devkitc       := boards/esp32_common
+SHARED_olimex_esp32_evb    := boards/esp32_common
+BOARD_PY    = $(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py) \
+                $(foreach d,$(SHARED_$(BOARD)),$(wildcard $(d)/*.py)))
 IMAGE       := build/image/evse-$(BOARD).bin
 
 .PHONY: all venv libs broker lint test sim mpy bench deploy repl firmware clean
@@ -70,8 +78,9 @@ bench: venv libs broker
 	$(BIN)/python tools/bench.py
 
 # Copy firmware (compiled to .mpy: a board then needs no RAM to compile it), the chosen
-# board and ulogging to a board over USB serial. For production, freeze instead
-# (boards/<name>/manifest.py): frozen bytecode runs from flash and saves most of the heap.
+# board (with the modules it shares, SHARED_<board>) and ulogging to a board over USB
+# serial. For production, freeze instead (boards/<name>/manifest.py): frozen bytecode runs
+# from flash and saves most of the heap.
 # The first mpremote's Ctrl-C stops a running station (outputs safe, service-boot flag); the
 # sleep lets the watchdog reset the board into the service boot, where the copy is not cut
 # short. The flag is removed before the final reset in case no watchdog was running.
@@ -81,7 +90,7 @@ deploy: mpy libs
 	sleep 4
 	$(BIN)/mpremote connect $(PORT) fs cp build/firmware/evse/*.mpy :evse/ + \
 	  fs cp lib/ulogging.py :ulogging.py + \
-	  $(foreach f,$(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py)),fs cp $(f) : +) \
+	  $(foreach f,$(BOARD_PY),fs cp $(f) : +) \
 	  $(foreach f,$(filter-out firmware/main.py,$(wildcard firmware/*.py)),\
 	    fs cp build/$(f:.py=.mpy) : +) \
 	  fs cp firmware/main.py :main.py + \

@@ -32,7 +32,32 @@ ESP32_PORT = frozenset((
     "random", "re", "select", "socket", "ssl", "struct", "sys", "time", "tls", "uctypes",
     "vfs", "asyncio", "ntptime", "webrepl", "requests", "mip", "dht", "onewire", "neopixel",
 ))
-PORT_PROVIDES = {"esp32_devkitc": ESP32_PORT}
+PORT_PROVIDES = {"esp32_devkitc": ESP32_PORT, "olimex_esp32_evb": ESP32_PORT}
+
+# Names the frozen code takes from a port module (`from network import X`, `network.X`),
+# checked for the modules listed here: a typo in a constant (network.PHY_LAN8170) or a class
+# the port lacks would otherwise fail only on the board. Read in MicroPython's ports/esp32
+# (modmachine.c, modnetwork_globals.h: the names an image built for CONFIG_IDF_TARGET_ESP32
+# has, where MICROPY_PY_NETWORK_LAN is on; esp32's Partition); extend as the code uses more.
+ESP32_NAMES = {
+    "machine": frozenset((
+        "ADC", "DAC", "I2C", "PWM", "Pin", "RTC", "SPI", "Signal", "Timer", "TouchPad",
+        "UART", "WDT", "deepsleep", "disable_irq", "enable_irq", "freq", "idle", "lightsleep",
+        "reset", "reset_cause", "soft_reset", "time_pulse_us", "unique_id", "wake_reason",
+    )),
+    "network": frozenset((
+        "LAN", "PPP", "WLAN", "phy_mode", "STA_IF", "AP_IF",
+        "PHY_LAN8710", "PHY_LAN8720", "PHY_IP101", "PHY_RTL8201", "PHY_DP83848",
+        "PHY_KSZ8041", "PHY_KSZ8081",
+        "ETH_INITIALIZED", "ETH_STARTED", "ETH_STOPPED", "ETH_CONNECTED",
+        "ETH_DISCONNECTED", "ETH_GOT_IP",
+        "STAT_IDLE", "STAT_CONNECTING", "STAT_GOT_IP", "STAT_NO_AP_FOUND",
+        "STAT_WRONG_PASSWORD", "STAT_BEACON_TIMEOUT", "STAT_ASSOC_FAIL",
+        "STAT_HANDSHAKE_TIMEOUT",
+    )),
+    "esp32": frozenset(("Partition",)),
+}
+PORT_NAMES = {"esp32_devkitc": ESP32_NAMES, "olimex_esp32_evb": ESP32_NAMES}
 # On every port: the running script's module (the REPL's globals, main.py's names).
 EVERY_PORT = frozenset(("__main__", "builtins"))
 
@@ -269,4 +294,41 @@ def test_frozen_imports_resolve(manifest):
             missing += ["%s:%d: import %s" % (where, node.lineno, w) for w in wanted
                         if not found(w)]
     assert not missing, "not in the image (%s):\n%s" % (
+        os.path.relpath(path, ROOT), "\n".join(missing))
+
+
+def _port_names_used(tree, names):
+    """(line, "module.name") for every name taken from a module in `names`: `from m import x`
+    and `m.x` where m was imported as a module (import m / import m as n)."""
+    alias = {}
+    used = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in names:
+                    alias[a.asname or a.name] = a.name
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module in names:
+            used += [(node.lineno, node.module, a.name) for a in node.names]
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in alias):
+            used.append((node.lineno, alias[node.value.id], node.attr))
+    return used
+
+
+def test_port_names_exist(manifest):
+    """Every class and constant the frozen code takes from machine, network or esp32 is one
+    the port defines (network.LAN, network.PHY_LAN8710, machine.WDT ...)."""
+    path, m = manifest
+    board = board_of(path)
+    assert board in PORT_NAMES, "add the names of %s's port modules to PORT_NAMES" % board
+    names = PORT_NAMES[board]
+    missing = []
+    for _, full, _ in m.files:
+        with open(full) as f:
+            tree = ast.parse(f.read(), full)
+        for line, mod, name in _port_names_used(tree, names):
+            if name not in names[mod]:
+                missing.append("%s:%d: %s.%s" % (os.path.relpath(full, ROOT), line, mod, name))
+    assert not missing, "not in the port's modules (%s):\n%s" % (
         os.path.relpath(path, ROOT), "\n".join(missing))
