@@ -32,6 +32,12 @@ FAULT_KINDS = (
 HW_FAULTS = {"bounce_ms": ("bounce_ms", 3.0, 1000), "adc_noise": ("noise_mv", 60.0, 2000)}
 
 
+def _num(v, lo, hi):
+    """v is a real number (not a bool, not NaN or infinite) within [lo, hi]."""
+    return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            and lo <= v <= hi)
+
+
 def now_us():
     return time.monotonic_ns() // 1000
 
@@ -647,7 +653,8 @@ class World:
     def op_plug(self, req, t):
         c = self._conn(req)
         cable = req.get("cable_a")
-        if cable is not None and cable not in PP_OHMS:
+        if cable is not None and (isinstance(cable, bool) or not isinstance(cable, int)
+                                  or cable not in PP_OHMS):
             raise ValueError("cable_a must be 13, 20, 32, 63 or null")
         c.cable_a = cable
         c.plugged = True
@@ -665,11 +672,9 @@ class World:
             if k in req:
                 if not isinstance(req[k], bool):
                     raise ValueError("%s must be a boolean" % k)
-        for k in ("max_a", "respond_s"):
-            if k in req and (
-                isinstance(req[k], bool) or not isinstance(req[k], (int, float)) or req[k] < 0
-            ):
-                raise ValueError("%s must be a non-negative number" % k)
+        for k, hi in (("max_a", 80), ("respond_s", 60)):
+            if k in req and not _num(req[k], 0, hi):
+                raise ValueError("%s must be a number from 0 to %d" % (k, hi))
         if "phases" in req and req["phases"] not in (1, 3):
             raise ValueError("phases must be 1 or 3")
         for k in ("request", "vent", "diode", "max_a", "phases", "respond_s"):
@@ -686,8 +691,8 @@ class World:
         except ValueError:
             raise ValueError("uid must be hex") from None
         hold = req.get("hold_s", 1.0)
-        if isinstance(hold, bool) or not isinstance(hold, (int, float)) or hold <= 0:
-            raise ValueError("hold_s must be a positive number")
+        if not _num(hold, 0, 3600) or hold == 0:
+            raise ValueError("hold_s must be a number of seconds in (0, 3600]")
         self.card = (uid.upper(), t + int(hold * 1e6))
         self.event(t, "tap", uid.upper(), 0)
 
@@ -766,24 +771,27 @@ class World:
         if (
             not isinstance(i, list)
             or len(i) != 3
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in i)
+            or not all(_num(x, -1000, 1000) for x in i)
         ):
-            raise ValueError("i must be [L1, L2, L3]")
+            raise ValueError("i must be [L1, L2, L3], amperes from -1000 to 1000")
         self.grid_i = [float(x) for x in i]
 
     def op_meter(self, req, t):
-        for c in self.conns.values():
-            c.accrue(t)
+        # All checked before anything changes.
+        c = self._conn(req)
+        s = req.get("speed")
+        if "speed" in req and not _num(s, 0, 1e6):
+            raise ValueError("speed must be a number from 0 to 1000000")
+        e = req.get("energy_wh")
+        if "energy_wh" in req and (isinstance(e, bool) or not isinstance(e, int)
+                                   or not 0 <= e <= 10**11):
+            raise ValueError("energy_wh must be an integer from 0 to 100000000000")
+        for x in self.conns.values():
+            x.accrue(t)
         if "speed" in req:
-            s = req["speed"]
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
-                raise ValueError("speed must be a non-negative number")
             self.meter_speed = float(s)
         if "energy_wh" in req:
-            e = req["energy_wh"]
-            if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-                raise ValueError("energy_wh must be a non-negative integer")
-            self._conn(req).energy_wh = float(e)
+            c.energy_wh = float(e)
 
     def op_get(self, req, t):
         c = self._conn(req)
@@ -893,7 +901,10 @@ class World:
             "input_glitches": self.input_glitches,
             "now_us": t,
         }
-        if req.get("reset"):
+        reset = req.get("reset", False)
+        if not isinstance(reset, bool):
+            raise ValueError("reset must be a boolean")
+        if reset:
             self.sample_max_gap_us = 0
             self.sample_gaps_over_10ms = 0
             self.samples = 0
