@@ -4,6 +4,7 @@ naming the argument, and the world unchanged (docs/simulator.md, Control port)."
 import json
 
 import pytest
+
 from simctl import Station
 
 BAD = [
