@@ -43,3 +43,16 @@ def test_bad_input_is_refused_and_changes_nothing(st, req, error):
         assert after[k] == before[k], (k, before, after)
     assert st.op("stats")["samples"] >= stats["samples"]  # not reset
     assert st.op("meter", speed=1.0)["ok"]  # still answering on the same connection
+
+
+def test_the_sim_meter_ignores_a_short_read_frame_with_a_good_crc():
+    """A cut or noisy frame may still pass the CRC: the simulated slave must stay silent,
+    not crash the line. Break: no length check -> IndexError in the world's thread."""
+    import simmeter
+    from simworld import World
+
+    line = simmeter.Line(World())
+    short = simmeter.with_crc(bytes((1, 4, 0)))  # 5 bytes: slave, function, one byte
+    assert line.answer(short) is None
+    good = simmeter.with_crc(bytes((1, 4, 0, 0, 0, 2)))
+    assert line.answer(good)[:3] == bytes((1, 4, 4))  # a real request still answered

@@ -110,6 +110,8 @@ class Line:
             return None
         if fc != 4:
             reply = with_crc(bytes((slave, fc | 0x80, 1)))
+        elif len(req) != 8:
+            return None  # a read request is 8 bytes: anything else is a broken frame
         else:
             addr = (req[2] << 8) | req[3]
             count = (req[4] << 8) | req[5]
