@@ -60,7 +60,7 @@ def main():
 
         g = globals()
         g["s"] = service
-        station.console = Console(g, board.console_in)
+        station.console = Console(g, board.console_in, board.console_out)
     station.run(link)
 
 

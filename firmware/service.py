@@ -71,9 +71,9 @@ def status():
         up // 60 % 60, up % 60))
     if link is not None:
         c = link.client
-        state = "connected" if link._up else "down"
+        state = "connected" if link.up else "down"
         _print("link    %s %s  connects %d  reconnects %d  outbox %d B" % (
-            state, link._host or "-", link.connects, link.reconnects, c.outbox_bytes()))
+            state, link.host or "-", link.connects, link.reconnects, c.outbox_bytes()))
     t = st.board.unix_time()
     temp = st.thermal.temp_c
     _print("clock   %s  temp %s" % ("not set" if t is None else "%d (unix)" % t,

@@ -79,6 +79,36 @@ class FakeHal:
         return self.pp
 
 
+class SerialLine:
+    """The receive side of a non-blocking UART (machine.UART-like): bytes queued in `rx`
+    by the subclass's write() are read back with any()/readinto()."""
+
+    def __init__(self):
+        self.rx = bytearray()
+
+    def any(self):
+        return len(self.rx)
+
+    def readinto(self, mv):
+        n = min(len(mv), len(self.rx))
+        mv[:n] = self.rx[:n]
+        del self.rx[:n]
+        return n
+
+
+class NoLink:
+    """Stands for evse.link.Link where the API calls it: counts reboots, nothing else."""
+
+    def __init__(self):
+        self.reboots = 0
+
+    def schedule_reboot(self, now, delay_s):
+        self.reboots += 1
+
+    def config_changed(self, keys):
+        pass
+
+
 class FakeWdt:
     def feed(self):
         pass

@@ -7,18 +7,7 @@ from evse.api import RID_MEMORY, RID_MEMORY_S, Api
 from evse.clock import Uptime
 from evse.events import Events, stamp
 from evse.station import Station
-from fakes import Clock, FakeBoard
-
-
-class NoLink:
-    def __init__(self):
-        self.reboots = 0
-
-    def schedule_reboot(self, now, delay_s):
-        self.reboots += 1
-
-    def config_changed(self, keys):
-        pass
+from fakes import Clock, FakeBoard, NoLink
 
 
 def test_event_stamped_when_it_happens():

@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 from evse import meters, modbus
+from fakes import SerialLine
 
 
 def test_crc_vectors():
@@ -104,13 +105,13 @@ def test_custom_profile_validation():
             meters.custom_profile(bad)
 
 
-class Port:
+class Port(SerialLine):
     """A scripted serial line: each request gets the next canned answer (or silence)."""
 
     def __init__(self, answers):
+        super().__init__()
         self.answers = list(answers)
         self.tx = []
-        self.rx = bytearray()
 
     def write(self, b):
         self.tx.append(bytes(b))
@@ -119,15 +120,6 @@ class Port:
             if a is not None:
                 self.rx += a
         return len(b)
-
-    def any(self):
-        return len(self.rx)
-
-    def readinto(self, mv):
-        n = min(len(mv), len(self.rx))
-        mv[:n] = self.rx[:n]
-        del self.rx[:n]
-        return n
 
 
 def run(bus, t0=1000, ms=2000):

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from pki import make_pki
 
 from backend import BASE, Backend
 from broker import Broker
@@ -90,29 +91,9 @@ def test_no_backend_limit_no_failsafe(tmp_path):
         st.stop()
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def pki(tmp_path):
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=evse-test-ca", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-             "-keyout", "server.key", "-out", "server.csr", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.pem",
-             cwd=d)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=other-ca", "-keyout", "other.key", "-out", "other.pem", cwd=d)
-    pw = d / "passwd"
-    pw.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(pw), "station", "s3cret"], check=True)
-    os.chmod(pw, 0o644)
-    return d
+    return make_pki(tmp_path / "pki", {"station": "s3cret"})
 
 
 def tls_broker(pki, extra=""):

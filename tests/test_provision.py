@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from pki import make_pki
 
 from broker import Broker, free_port
 from mqttc import Collector, retained
@@ -49,28 +50,9 @@ def snapshot(d):
     return out
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def pki(tmp_path):
-    """A CA, a broker certificate for 127.0.0.1 signed by it, and a password file."""
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=site-ca", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-             "-keyout", "server.key", "-out", "server.csr", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.pem",
-             cwd=d)
-    pw = d / "passwd"
-    pw.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(pw), "bay7", MQTT_PW], check=True)
-    os.chmod(pw, 0o644)
-    return d
+    return make_pki(tmp_path / "pki", {"bay7": MQTT_PW})
 
 
 def test_provisioned_station_comes_up_with_its_values(tmp_path, pki):

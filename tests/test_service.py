@@ -2,12 +2,15 @@
 console (here the simulator's stdin/stdout) while it runs. Faults for the self-test's FAIL
 lines are injected through the control port."""
 
+import time
+
 import pytest
 
-from scenario import charging, next_event
+from scenario import charging, next_event, reaction_ms
 from simctl import Station
 
 NO_BROKER = 'mqtt.host=""'
+OPEN_LIMIT_MS = 100.0  # IEC 61851-1 Table A.6
 
 
 @pytest.fixture
@@ -134,3 +137,18 @@ def test_the_log_file_survives_a_reset(con):
     st.type("s.log(40, saved=True)")
     # Both boots' lines, read from flash (the RAM ring holds only this boot's).
     st.console_wait(lambda out: out.count("firmware 0.1.0, modules: files\n") == 2, m)
+
+
+def test_console_output_never_holds_the_contactor(con):
+    """The console's UART blocks its writer (the sim board sends at 115200 baud, as the
+    ESP32's console does), so output goes out 32 bytes per loop iteration. Break: drain
+    everything at once (evse/console.py _OUT_PER_LOOP = 4096) -> s.config()'s 1.5 KB hold
+    the loop ~130 ms and the contactor opens late after C->B."""
+    st = con()
+    charging(st)
+    for _ in range(3):
+        st.type("s.config()")
+    time.sleep(0.05)  # output is going out
+    n = next_event(st)
+    st.op("ev", request=False)
+    assert reaction_ms(st, "cp", "B", "contactor", False, since=n) <= OPEN_LIMIT_MS

@@ -13,7 +13,7 @@ from evse.api import Api
 from evse.link import Link
 from evse.mqtt import CONNECTED, DISCONNECTED
 from evse.station import Station
-from fakes import Clock, FakeBoard
+from fakes import Clock, FakeBoard, NoLink, SerialLine
 
 START = 2**30 - 60000  # ticks a minute before the wrap
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -34,17 +34,6 @@ def charge(hal, clk):
     hal.ev = "C"
     clk.run(300)
     assert hal.contactor.on
-
-
-class NoLink:
-    def __init__(self):
-        self.reboots = 0
-
-    def schedule_reboot(self, now, delay_s):
-        self.reboots += 1
-
-    def config_changed(self, keys):
-        pass
 
 
 def cmd(api, now, **body):
@@ -129,12 +118,12 @@ def test_uptime_counts_past_the_wrap(tmp_path):
     assert st.uptime.s == WEEK_MS // 1000  # the 50 ms of boot are not a whole second
 
 
-class SilentAfter:
+class SilentAfter(SerialLine):
     """An RS-485 line to one meter that answers every request until `dead` is set."""
 
     def __init__(self):
+        super().__init__()
         self.dead = False
-        self.rx = bytearray()
 
     def init(self, **kw):
         pass
@@ -145,15 +134,6 @@ class SilentAfter:
             body = bytes((b[0], b[1], 2 * n)) + bytes(2 * n)
             self.rx += modbus.frame(body[0], body[1], body[2:])
         return len(b)
-
-    def any(self):
-        return len(self.rx)
-
-    def readinto(self, mv):
-        n = min(len(mv), len(self.rx))
-        mv[:n] = self.rx[:n]
-        del self.rx[:n]
-        return n
 
 
 def test_a_meter_dead_for_a_week_stays_failed(tmp_path):

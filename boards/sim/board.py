@@ -193,6 +193,19 @@ def _args(argv):
     return opts
 
 
+class SerialOut:
+    """The console's output as a UART at `baud` sends it: the writer waits for the wire
+    (the ESP32 port's console UART blocks until the bytes are out), 10 bits a byte."""
+
+    def __init__(self, stream, baud):
+        self._s = stream
+        self._us_per_byte = 10000000 // baud
+
+    def write(self, s):
+        self._s.write(s)
+        time.sleep_us(len(s) * self._us_per_byte)
+
+
 class SimNet:
     """The simulated network (board.net): always up; names are looked up at the runner's
     name service (the `dns` op makes it slow or dead) and the clock is set from the runner's
@@ -252,6 +265,7 @@ class Board(BoardBase):
         self.config_overrides = opts["config"]
         if opts.get("console") == "1":
             self.console_in = sys.stdin  # the runner's stdin (sim.py --console)
+            self.console_out = SerialOut(sys.stdout, 115200)
         if "config-file" in opts:
             with open(opts["config-file"]) as f:
                 self.config_overrides += [ln for ln in f.read().split("\n") if ln]

@@ -39,10 +39,20 @@ class Console:
 
             self._poll = select.poll()
             self._poll.register(self._in, select.POLLIN)
+            # ipoll (MicroPython) iterates the poll object itself: no list allocated in
+            # every loop iteration, as poll() would. Bound once, here.
+            self._ipoll = getattr(self._poll, "ipoll", None)
         except (ImportError, AttributeError, OSError, TypeError):
             self.closed = True  # no pollable console on this board
             return
         self._write(PROMPT)
+
+    def _readable(self):
+        if self._ipoll is None:
+            return bool(self._poll.poll(0))  # CPython
+        for _ in self._ipoll(0):
+            return True
+        return False
 
     def write(self, s):
         """Queue output (str); it goes out _OUT_PER_LOOP bytes per loop iteration."""
@@ -75,7 +85,7 @@ class Console:
         if self.closed:
             return
         for _ in range(_CHARS_PER_LOOP):
-            if not self._poll.poll(0):
+            if not self._readable():
                 return
             c = self._in.read(1)
             if not c:

@@ -50,6 +50,7 @@ class BoardBase:
     config_pinned = None  # {key: value} fixed on every boot, shown in config, not settable
     console_in = None  # the serial console's input (pollable, e.g. sys.stdin) for the
     #                    service console (evse/console.py), or None for none
+    console_out = None  # its output stream (write(str)); None: sys.stdout
 
     def ready(self):
         """The first control-loop pass completed (LED on, confirm an OTA image)."""

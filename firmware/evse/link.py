@@ -40,11 +40,11 @@ class Link:
         # Built once, at boot: its buffers are taken before the heap fragments.
         self.client = Client(station.station_id, 60, self._on_message, ring=outbox)
         self.base = None
-        self._host = None
+        self.host = None
         self._ha_status = None
         self._retry_ms = None
         self._backoff = _BACKOFF_MIN_MS
-        self._up = False
+        self.up = False
         self._failing = False
         self._reconnect = False
         self._reboot_ms = None
@@ -113,7 +113,7 @@ class Link:
     # -- the supervisor -------------------------------------------------------------------
     def _on_connected(self, now):
         st = self.st
-        self._up = True
+        self.up = True
         self._failing = False
         self._backoff = _BACKOFF_MIN_MS
         self.connects += 1
@@ -125,20 +125,20 @@ class Link:
             self._ha_status = st.cfg["ha_prefix"] + "/status"
             c.subscribe(self._ha_status, 1)
         self.telemetry.connected(self._pub, self.base)
-        st.events.add("info", "Connected", 0, "%s" % self._host)
+        st.events.add("info", "Connected", 0, "%s" % self.host)
 
     def _went_down(self, now, why, deliberate=False):
         c = self.client
         self.bytes_tx += c.bytes_tx
         self.bytes_rx += c.bytes_rx
         c.bytes_tx = c.bytes_rx = 0
-        if self._up:
-            self._up = False
+        if self.up:
+            self.up = False
             self.st.failsafe.link_down(now)
             if not deliberate:
                 self.reconnects += 1
         if self._log and not self._failing and not deliberate:
-            self._log("warn", "mqtt %s: %r" % (self._host, why))
+            self._log("warn", "mqtt %s: %r" % (self.host, why))
         self._failing = not deliberate
         if not deliberate:
             self.resolver.refresh(self.st.cfg["mqtt.host"])  # the broker may have moved
@@ -204,7 +204,7 @@ class Link:
         cfg = st.cfg
         self.base = "%s/%s" % (cfg["prefix"], st.station_id)
         host, port = cfg["mqtt.host"], cfg["mqtt.port"]
-        self._host = "%s:%d" % (host, port)
+        self.host = "%s:%d" % (host, port)
         if not host:
             return
         ctx = None
@@ -244,7 +244,7 @@ class Link:
             # to come and hold the next reconnect back for days.
             self._retry_ms = None
         if c.state == DISCONNECTED:
-            if self._up or c.error is not None:
+            if self.up or c.error is not None:
                 self._went_down(now, c.error)
                 c.error = None
             if not up:
@@ -257,7 +257,7 @@ class Link:
             except OSError as e:  # the lookup failed: a failed attempt, with backoff
                 self._waiting("dns")
                 self._retry_later(now)
-                self._host = "%s:%d" % (cfg["mqtt.host"], cfg["mqtt.port"])
+                self.host = "%s:%d" % (cfg["mqtt.host"], cfg["mqtt.port"])
                 self._went_down(now, e)
                 return
             self._waiting(why)
@@ -286,7 +286,7 @@ class Link:
             c.poll(now)
         if c.state != CONNECTED:
             return
-        if not self._up:
+        if not self.up:
             if ctx is not None:
                 ctx.release()  # handshake done: no more pacing
             self._on_connected(now)
