@@ -124,12 +124,13 @@ class FakeBoard(BoardBase):
         self.uid = "ABCDEF"
         self.connectors = [FakeHal() for _ in range(connectors)]
         self.temp = 25.0
+        self.unix = 1764000000
 
     def temp_c(self):
         return self.temp
 
     def unix_time(self):
-        return 1764000000
+        return self.unix  # None: the clock is not set (after a power cut, before NTP)
 
     def wdt(self, ms):
         return FakeWdt()

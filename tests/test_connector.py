@@ -272,12 +272,24 @@ def test_exception_in_control_path_opens_contactor(rig):
 
 
 def test_disable_and_enable(rig):
+    """disable ends charging the IEC way: X1 at once, the contactor opens when the EV
+    answers C->B, then state F. Break: disable opens at once (under load)."""
     st, hal, clk = rig
     c = charge(st, hal, clk)
     c.set_enabled(False)
     clk.run(5)
+    assert hal.pilot.mode == "+12"  # PWM off at once ...
+    assert hal.contactor.on  # ... but the EV still draws: no opening under load
+    clk.run(2000)
+    assert hal.contactor.on and c.state == "SuspendedEVSE"
+    hal.ev = "B"  # the EV answers
+    clk.run(10)
     assert not hal.contactor.on
+    clk.run(20)
     assert hal.pilot.mode == "-12" and c.state == "Unavailable"
+    hal.ev = "C"  # an EV asking for power while disabled gets nothing
+    clk.run(500)
+    assert not hal.contactor.on and hal.pilot.mode == "-12"
     c.set_enabled(True)
     clk.run(50)
     assert hal.pilot.mode == "+12" and c.state == "SuspendedEVSE"
@@ -285,6 +297,27 @@ def test_disable_and_enable(rig):
     assert hal.pilot.mode == "pwm"
     clk.run(300)
     assert c.state == "Charging" and hal.contactor.on
+
+
+def test_disable_ev_that_stays_in_c_is_opened_after_6s(rig):
+    st, hal, clk = rig
+    c = charge(st, hal, clk)
+    start = len(hal.log)
+    c.set_enabled(False)
+    clk.run(5)
+    t_x1 = clk.now
+    assert hal.pilot.mode == "+12"
+    opened = None
+    for _ in range(1600):
+        clk.run(5)
+        if not hal.contactor.on:
+            opened = clk.now
+            break
+    assert opened is not None
+    assert 6000 <= opened - t_x1 <= 6020, opened - t_x1
+    clk.run(20)
+    assert hal.pilot.mode == "-12" and c.state == "Unavailable"
+    assert ("contactor", False) in hal.log[start:]
 
 
 def test_two_connectors_are_independent(tmp_path):
@@ -348,6 +381,7 @@ def test_resume_after_a_pause_needs_a_settled_c_and_a_fresh_diode_check(rig):
     200 ms of settled C under the new PWM and a passing diode check after it started.
     Break: keep _creq_ms across the pause (the old code) -> closes 5 ms after PWM."""
     st, hal, clk = rig
+    st.cfg.values["min_pause_s"] = 0  # the close rule alone, not the pause's length
     c = st.connectors[0]
     hal.ev = "B"
     clk.run(50)
@@ -372,6 +406,7 @@ def test_resume_after_a_pause_needs_a_settled_c_and_a_fresh_diode_check(rig):
 
 def test_resume_closes_only_after_settle(rig):
     st, hal, clk = rig
+    st.cfg.values["min_pause_s"] = 0  # the close rule alone, not the pause's length
     c = st.connectors[0]
     hal.ev = "B"
     clk.run(50)

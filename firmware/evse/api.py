@@ -179,14 +179,13 @@ class Api:
         # second now under way has partly passed, so the limit never lapses early.
         expires = None if ttl is None else self.st.uptime.s + ttl + 1
         lim.set("backend", int(amps * 10 + 0.5) / 10, expires)
-        lim.clear("failsafe")  # the backend spoke again: its word replaces the failsafe
+        self.st.failsafe.release()  # the backend spoke again: the failsafe ends everywhere
         return None
 
     def cmd_clear_limit(self, args, now):
         cid, _ = self._scope(args)
-        lim = self._limits(cid)
-        lim.clear("backend")
-        lim.clear("failsafe")
+        self._limits(cid).clear("backend")
+        self.st.failsafe.release()
         return None
 
     def cmd_enable(self, args, now):

@@ -46,6 +46,21 @@ SCHEMA = (
     ("meter_loss", ("suspend", "continue"), "suspend", 0, 0, 0),
     ("failsafe_after_s", int, 120, 5, 86400, 0),
     ("failsafe_current_a", float, 6.0, 0.0, 80.0, 0),
+    ("failsafe_mode", ("min", "replace"), "min", 0, 0, 0),
+    ("random_delay_s", int, 0, 0, 1800, 0),
+    ("min_pause_s", int, 300, 0, 3600, 0),
+    ("tz", str, "UTC0", 1, 64, 0),
+    ("site.fuse_a", float, 0.0, 0.0, 2000.0, 0),
+    ("site.margin_a", float, 1.0, 0.0, 100.0, 0),
+    ("site.mode", ("grid", "solar", "smart"), "grid", 0, 0, 0),
+    ("site.min_grid_a", float, 6.0, 0.0, 80.0, 0),
+    ("site.priority", int, 1, 1, 100, 0),
+    ("site.stations", int, 0, 0, 1000, 0),
+    ("site.grid_meter", ("none", "sdm630", "sdm72d-m-v2", "sdm120", "abb-b23", "em340",
+                         "orno-we-516"), "none", 0, 0, 0),
+    ("site.grid_slave", int, 100, 1, 247, 0),
+    ("site.phase_map", ("123", "231", "312", "132", "213", "321"), "123", 0, 0, 0),
+    ("site.solar_stop_s", int, 120, 0, 3600, 0),
 )
 
 FILE = "config.json"
@@ -181,6 +196,10 @@ class Config:
         new.update(clean)
         if new["thermal.stop_c"] <= new["thermal.derate_c"]:
             raise ValueError("out_of_range: thermal.stop_c must be above thermal.derate_c")
+        if "tz" in clean:
+            from evse.localtime import parse
+
+            parse(clean["tz"])  # raises ValueError("code: detail")
         if clean.get("meter.custom"):
             # Checked now, not at the next boot: a map the meter code cannot use would
             # leave the station without a meter until someone fixes it on site.

@@ -40,6 +40,9 @@ _SWITCH_BLANK_MS = const(100)
 _SETTLE_SAMPLES = const(2)
 # Retry a failed RCD self-test this often while latched.
 _RCD_RETRY_MS = const(30000)
+# Resume after a pause below 6 A only at this much above the 6 A minimum (and after
+# min_pause_s): a limit hovering around 6 A must not cycle the contactor.
+_RESUME_HYST_A = 1.0
 # Longer than every window above: the age at which a stored stamp stops ageing (ticks wrap).
 _STALE_MS = const(60000)
 
@@ -88,6 +91,10 @@ class Connector:
         self.state = "Available"
         self.thermal_stop = False
         self.meter_failed = False
+        self.halted = False  # a reboot is under way: offer nothing (Station.begin_reboot)
+        self.cycles = 0  # contactor closes since boot (diag): contacts wear per cycle
+        self.paused_s = None  # uptime second a limit pause began under load, else None
+        self.share = None  # (amps, source): this connector's part of the station's limit
 
     # -- outputs -------------------------------------------------------------------------
     def _set_contactor(self, on, now):
@@ -95,6 +102,8 @@ class Connector:
             self._hal.contactor.set(on)
             self.contactor = on
             self._contactor_ms = now
+            if on:
+                self.cycles += 1
 
     def _set_out(self, mode, duty, now):
         if mode == self.out and duty == self.duty:
@@ -204,7 +213,13 @@ class Connector:
             self.authorized = False
 
     # -- the state machine ---------------------------------------------------------------
-    def step(self, now, station_limits, thermal_stop):
+    def wants_current(self):
+        """Whether this connector takes part in sharing the station's limit now."""
+        return (self.fault is None and self.enabled and self.authorized
+                and not self.finished and self.cp in PLUGGED)
+
+    def step(self, now, share, thermal_stop):
+        """share: (amps, source) of the station's limit that is this connector's."""
         if self.held:
             return  # the self-test owns the outputs for a second or two (no EV connected)
         hal = self._hal
@@ -291,6 +306,7 @@ class Connector:
             if cp == pilot.A:
                 self.authorized = False
                 self.finished = False
+                self.paused_s = None
             elif cp in PLUGGED and prev_cp == pilot.A:
                 self._duty_ms = None  # a new plug-in is offered current at once
             if (
@@ -313,7 +329,9 @@ class Connector:
             self.limits.set("cable", cable_a(hal.pp_ohms()))
         else:
             self.limits.clear("cable")
-        limit, by = self.limits.effective(self._uptime.s, station_limits)
+        limit, by = self.limits.effective(self._uptime.s)
+        if share[0] is not None and (limit is None or share[0] < limit):
+            limit, by = share  # on a tie the connector's own source is named
         if limit is None:
             limit, by = 0.0, "hardware"
         self.limit_a = limit
@@ -326,12 +344,15 @@ class Connector:
             mode = OUT_F if ticks_diff(now, self._fault_ms) < _F_PULSE_MS else OUT_X1
             duty = None
         elif not self.enabled:
-            mode, duty = OUT_F, None
+            # Disabled while charging: end it the IEC way first (X1, the EV answers C->B or
+            # the contactor opens after 6 s), then state F.
+            mode, duty = (OUT_X1 if self.contactor else OUT_F), None
         elif (
             self.authorized
             and not self.finished
+            and not self.halted
             and cp in PLUGGED
-            and limit >= pilot.MIN_CURRENT_A
+            and self._limit_allows(limit, cp)
             and not self.rcd.busy()
         ):
             mode, duty = OUT_PWM, pilot.duty_u16(limit)
@@ -345,7 +366,7 @@ class Connector:
 
         charge_req = cp == pilot.C or (cp == pilot.D and cfg["ventilation"])
         close = False
-        if self.fault is None and self.enabled and charge_req:
+        if self.fault is None and charge_req:
             if mode == OUT_PWM and self.out == OUT_PWM and self._diode_bad == 0:
                 if self.contactor:
                     close = True
@@ -375,6 +396,23 @@ class Connector:
 
         self.state = self._derive_state(cp)
 
+    def _limit_allows(self, limit, cp):
+        """PWM at this limit? Below 6 A pauses; a pause that began under load lasts at
+        least min_pause_s and ends only with some headroom above 6 A."""
+        if limit < pilot.MIN_CURRENT_A:
+            if self.paused_s is None and (self.contactor or cp == pilot.C or cp == pilot.D) \
+                    and self.out == OUT_PWM:
+                self.paused_s = self._uptime.s
+            return False
+        p = self.paused_s
+        if p is None:
+            return True
+        if (self._uptime.s - p < self._cfg["min_pause_s"]
+                or limit < pilot.MIN_CURRENT_A + _RESUME_HYST_A):
+            return False
+        self.paused_s = None
+        return True
+
     def _age_stamps(self, now):
         # ticks wrap every 2^30 ms and ticks_diff is right only within 2^29 ms (6.2 days):
         # a stamp left alone for a week would read as recent (a raise held for days, an F
@@ -393,7 +431,8 @@ class Connector:
         if self.fault is not None:
             return "Faulted"
         if not self.enabled:
-            return "Unavailable"
+            # Winding down: the contactor opens when the EV answers (or after 6 s).
+            return "SuspendedEVSE" if self.contactor else "Unavailable"
         if cp not in PLUGGED:
             return "Available"
         if self.finished:

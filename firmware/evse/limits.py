@@ -10,19 +10,23 @@ SOURCES = (
     "backend",
     "schedule",
     "site",
+    "solar",
     "phase",
     "budget",
+    "session",
     "startup_delay",
-    "meter",  # extension: charging suspended while the meter is unreachable (meter_loss)
+    "meter",  # charging suspended while the meter is unreachable (meter_loss)
 )
 
 
 class Limits:
     """Per-scope limits in amperes; an entry may carry an expiry: the station's uptime
-    second (evse.clock.Uptime) from which it no longer applies."""
+    second (evse.clock.Uptime) from which it no longer applies. `changes` counts changes
+    of the backend and failsafe entries (what evse/orders.py keeps on flash)."""
 
     def __init__(self):
         self._by = {}  # source -> (amps, expires_s or None)
+        self.changes = 0
 
     def set(self, source, amps, expires_s=None):
         e = self._by.get(source)
@@ -31,13 +35,22 @@ class Limits:
         if source not in SOURCES:
             raise ValueError(source)
         self._by[source] = (amps, expires_s)
+        if source == "backend" or source == "failsafe":
+            self.changes += 1
 
     def clear(self, source):
-        self._by.pop(source, None)
+        if self._by.pop(source, None) is not None and (
+            source == "backend" or source == "failsafe"
+        ):
+            self.changes += 1
 
     def get(self, source):
         e = self._by.get(source)
         return None if e is None else e[0]
+
+    def expires(self, source):
+        e = self._by.get(source)
+        return None if e is None else e[1]
 
     def effective(self, now_s, other=None):
         """(amps, source) of the lowest live limit, also considering `other` (a Limits
@@ -52,6 +65,7 @@ class Limits:
                     continue
                 if e[1] is not None and now_s >= e[1]:
                     scope._by.pop(src)  # safe: we iterate SOURCES, not the dict
+                    scope.changes += 1
                     continue
                 if best is None or e[0] < best:
                     best, by = e[0], src

@@ -7,6 +7,8 @@ blocks: the client underneath is a state machine (evse/mqtt.py), the broker's na
 up off the loop (evse/sock.py), the clock is set by NTP without waiting (evse/ntp.py), and a
 TLS handshake is paced one step per loop (evse/tls.py)."""
 
+import json
+
 from evse import sock
 from evse.api import MAX_PAYLOAD, Api
 from evse.compat import const, ticks_add, ticks_diff, ticks_ms
@@ -36,6 +38,7 @@ class Link:
         self._log = log
         self._ssl_factory = ssl_factory  # (station) -> SSLContext; from main.py
         self.api = Api(station, self)
+        station.failsafe.armed = True
         self.telemetry = Telemetry(station, discovery)
         # Built once, at boot: its buffers are taken before the heap fragments.
         self.client = Client(station.station_id, 60, self._on_message, ring=outbox)
@@ -104,11 +107,25 @@ class Link:
                              "detail": "payload over %d bytes" % MAX_PAYLOAD})
                 return
             self._reply(self.api.handle(payload, self._now))
+        elif topic == self.base + "/grid":
+            self._grid(payload)
         elif topic == self._ha_status:
             if payload == b"online":
                 self.telemetry.rediscover()  # Home Assistant restarted: it forgot us
         elif self._log:
             self._log("info", "mqtt: ignored %s" % topic)
+
+    def _grid(self, payload):
+        """Site grid currents measured elsewhere: bad ones are counted (diag) and ignored,
+        so stale data leads to the failsafe, never to more current."""
+        bal = self.st.balancer
+        try:
+            obj = json.loads(payload) if payload is not None else None
+        except (ValueError, UnicodeError):
+            obj = None
+        why = bal.feed(obj)
+        if why is not None:  # a stream of them coalesces into one event with a count
+            self.st.events.add("warn", "RejectedInput", 0, "grid: %s" % why)
 
     # -- the supervisor -------------------------------------------------------------------
     def _on_connected(self, now):
@@ -120,6 +137,7 @@ class Link:
         st.failsafe.link_up()
         c = self.client
         c.subscribe(self.base + "/cmd", 1)
+        c.subscribe(self.base + "/grid", 0)  # a measurement: the next one replaces it
         self._ha_status = None
         if st.cfg["ha_discovery"]:
             self._ha_status = st.cfg["ha_prefix"] + "/status"
@@ -229,6 +247,11 @@ class Link:
         st = self.st
         cfg = st.cfg
         if self._reboot_ms is not None and ticks_diff(now, self._reboot_ms) >= 0:
+            # Due: charging ends the IEC way first; the reset waits for the contactors.
+            self._reboot_ms = None
+            st.begin_reboot(now)
+            st.events.add("info", "Reboot", 0, "requested")
+        if st.reboot_due(now):
             self._reboot(now)
         c = self.client
         net = st.board.net
@@ -316,7 +339,6 @@ class Link:
 
     def _reboot(self, now):
         st = self.st
-        st.events.add("info", "Reboot", 0, "requested")
         c = self.client
         if c.state == CONNECTED:
             for _ in range(8):  # the Reboot event (and anything queued before it) goes out

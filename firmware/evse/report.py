@@ -112,4 +112,14 @@ def diag(st, link, now):
         "dns": link.resolver.diag(),
         "clock": link.clock_diag(),
         "tls_step_max_ms": link.tls_step_max_ms,
+        "contactor_cycles": [c.cycles for c in st.connectors],
+        "grid": grid_diag(st),
+        "orders_writes": st.orders.writes,
     }
+
+
+def grid_diag(st):
+    b = st.balancer
+    return {"samples": b.samples, "rejected": b.rejected, "last": b.grid,
+            "stale": st.failsafe.grid_stale, "alloc_a": b.alloc,
+            "failsafe": st.failsafe.active, "failsafe_engaged": st.failsafe.engaged}

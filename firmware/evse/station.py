@@ -4,19 +4,23 @@ ones (sessions, authorization, schedules, balancing) plug in here as one more pa
 
 import sys
 
+from evse.balance import Balancer
 from evse.clock import Uptime
 from evse.compat import const, ticks_diff, ticks_ms
 from evse.config import Config
 from evse.connector import Connector
 from evse.events import Events
-from evse.failsafe import Failsafe
+from evse.failsafe import Failsafe, random_s
 from evse.limits import Limits
 from evse.metering import Metering
+from evse.orders import Orders
 from evse.store import Store
 from evse.thermal import ThermalGuard
 
 LOOP_MS = const(5)  # control-loop period: CP changes are seen within ~2 loops
 _WDT_MS = const(2000)  # hardware watchdog: a stalled loop resets the board
+# A reboot waits for every contactor to open the IEC way (X1, then C->B or 6 s) first.
+_REBOOT_WAIT_MS = const(7000)
 
 
 class Station:
@@ -35,9 +39,19 @@ class Station:
         ]
         self.thermal = ThermalGuard(board, self.cfg, self.events, self.limits)
         self.metering = Metering(board, self.cfg, self.events, self.connectors)
-        self.failsafe = Failsafe(self.cfg, self.events,
-                                 [self.limits] + [c.limits for c in self.connectors],
+        self.failsafe = Failsafe(self.cfg, self.events, self.limits,
+                                 [c.limits for c in self.connectors], self.uptime,
                                  self.boot_ms)
+        self.balancer = Balancer(self)
+        self.orders = Orders(self.store, self.events, board.unix_time, self.uptime)
+        self.orders.load(self, self.cfg["failsafe_current_a"])
+        self.failsafe.restored()
+        r = random_s(self.cfg["random_delay_s"])
+        if r:
+            # Power-up: nothing offered for a random while (a fleet after a blackout).
+            self.limits.set("startup_delay", 0.0, r)
+            self.events.add("info", "StartupDelay", 0, "power-up: held for %d s" % r)
+        self.rebooting_ms = None  # a reboot waits for the contactors (reboot())
         self.image = None  # which modules run from files, not frozen (evse.image; main.py)
         self.console = None  # the service console (evse.console; main.py), polled each loop
         self.job = None  # a service job stepped by the loop (the self-test)
@@ -66,13 +80,30 @@ class Station:
             self.metering.step(now)
         except Exception as e:  # noqa: BLE001 - a meter bug must not stop the pilot
             self._internal_error(None, now, e)
+        try:
+            self.balancer.step(now)
+        except Exception as e:  # noqa: BLE001 - a balancing bug: the failsafe, not a stop
+            self._internal_error(None, now, e)
+            self.limits.set("failsafe", self.cfg["failsafe_current_a"])
         self.failsafe.step(now)
         stop = self.thermal.stop
+        # Connectors share the station's limit (its supply): equal parts among those
+        # that take current now.
+        amps, by = self.limits.effective(self.uptime.s)
+        n = 0
+        for c in self.connectors:
+            if c.wants_current():
+                n += 1
+        share = (amps, by) if amps is None or n < 2 else (int(amps * 10 / n) / 10, by)
         for c in self.connectors:
             try:
-                c.step(now, self.limits, stop)
+                c.step(now, share, stop)
             except Exception as e:  # noqa: BLE001 - IEC: power off on any fault
                 self._internal_error(c, now, e)
+        try:
+            self.orders.poll(self)
+        except Exception as e:  # noqa: BLE001 - flash trouble must not stop the pilot
+            self._internal_error(None, now, e)
 
     def _internal_error(self, conn, now, exc):
         self.exceptions += 1
@@ -83,8 +114,25 @@ class Station:
         if self._log and hasattr(sys, "print_exception"):
             sys.print_exception(exc)
 
+    def begin_reboot(self, now):
+        """End charging the IEC way (X1 on every connector); reboot_due() says when the
+        contactors are open, so a reset never breaks a current."""
+        if self.rebooting_ms is None:
+            self.rebooting_ms = now
+            for c in self.connectors:
+                c.stop()
+                c.halted = True  # nothing offered until the reset, not even to a new EV
+
+    def reboot_due(self, now):
+        if self.rebooting_ms is None:
+            return False
+        for c in self.connectors:
+            if c.contactor and ticks_diff(now, self.rebooting_ms) < _REBOOT_WAIT_MS:
+                return False
+        return True
+
     def reboot(self, now):
-        """End charging on every connector, then reset the board (never returns)."""
+        """Reset the board (never returns): every contactor open, the pilot at +12 V."""
         for c in self.connectors:
             c.shutdown(now)
         self.board.reset()

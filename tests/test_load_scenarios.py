@@ -1,0 +1,129 @@
+"""Load management on the unix port with a real broker: the grid topic, stale grid data,
+standing orders across a power cut, and stops that wait for the EV."""
+
+import threading
+import time
+
+from backend import BASE, Backend
+from scenario import charging, next_event, reaction_ms, wait_event
+
+
+class GridFeed:
+    """Publishes <base>/grid every period until stopped (what a site meter would do)."""
+
+    def __init__(self, be, i, ttl_s=3, period=0.5):
+        self.be, self.i, self.ttl_s, self.period = be, i, ttl_s, period
+        self._stop = threading.Event()
+        self.sent = 0
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.be.publish(BASE + "/grid", {"i": self.i, "ttl_s": self.ttl_s}, qos=0)
+            self.sent += 1
+            self._stop.wait(self.period)
+
+    def stop(self):
+        self._stop.set()
+        self.t.join(5)
+
+
+def test_grid_data_sets_the_site_limit_and_stale_data_is_the_failsafe(tmp_path):
+    """Break: grid staleness ignored -> the site allowance stays after the feed stops."""
+    be = Backend(tmp_path, config=["site.fuse_a=32", "failsafe_current_a=8"])
+    feed = None
+    try:
+        charging(be.st)
+        m = be.mark()
+        feed = GridFeed(be, [10.0, 10.0, 10.0])
+        s = be.status(lambda c: c["limit_by"] == "site", since=m, timeout=10)
+        assert s["connectors"][0]["limit_a"] >= 8.0
+        # It climbs, 5 s per step, with headroom (31 - 10 A).
+        be.status(lambda c: c["limit_by"] == "site" and c["limit_a"] >= 10.0, since=m,
+                  timeout=15)
+        d = be.cmd("diag")["data"]["grid"]
+        assert d["samples"] >= 3 and d["last"] == [10.0, 10.0, 10.0] and not d["stale"]
+        # Garbage is counted and changes nothing.
+        for bad in ('{"i":[1,2]}', '{"i":[1,"x",3]}', "nonsense", '{"i":[1,2,1e9]}'):
+            be.publish(BASE + "/grid", bad, qos=1)
+        time.sleep(0.5)
+        d = be.cmd("diag")["data"]["grid"]
+        assert d["rejected"] == 4, d
+        # The feed stops: within ttl_s (+ a second) the failsafe current.
+        n = next_event(be.st)
+        m = be.mark()
+        feed.stop()
+        t_stop = be.st.op("get")["now_us"]
+        pwm = wait_event(be.st, "pwm", since=n, timeout=10)
+        assert pwm["value"] == 13.3, pwm  # 8 A
+        waited = (pwm["t_us"] - t_stop) / 1e6
+        print("failsafe %.2f s after the last grid message" % waited)
+        assert waited <= 3 + 0.5 + 1.5, waited  # ttl 3 s from the last message (0.5 s period)
+        be.status(lambda c: c["limit_by"] == "failsafe" and c["limit_a"] == 8.0, since=m)
+    finally:
+        if feed:
+            feed.stop()
+        be.stop()
+
+
+def test_limits_and_disable_survive_a_power_cut(tmp_path):
+    """Break: orders kept in RAM only -> 32 A and Available after the power cut."""
+    be = Backend(tmp_path)
+    try:
+        assert be.cmd("set_limit", connector=0, current_a=10)["ok"]
+        assert be.cmd("disable", connector=1)["ok"]
+        m = be.mark()
+        be.status(lambda c: c["state"] == "Unavailable" and c["limit_a"] == 10.0, since=m)
+        be.st.kill()  # a power cut: nothing flushed that was not already on flash
+        be.start_station()
+        m = be.mark()
+        s = be.status(lambda c: True, since=m, timeout=10)
+        c = s["connectors"][0]
+        assert c["state"] == "Unavailable" and c["limit_a"] == 10.0 and c["limit_by"] == "backend"
+        assert be.cmd("enable", connector=1)["ok"]
+        be.st.op("plug")
+        be.status(lambda c: c["offered_a"] == 10.0, since=m, timeout=10)
+    finally:
+        be.stop()
+
+
+def test_disable_waits_for_the_ev_to_stop_drawing(tmp_path):
+    """The pilot goes to +12 V at once; the contactor opens only when the EV answers C->B
+    (within 100 ms of it); then state F. Break: open at once on disable."""
+    be = Backend(tmp_path)
+    try:
+        charging(be.st)
+        n = next_event(be.st)
+        assert be.cmd("disable", connector=1)["ok"]
+        x1 = wait_event(be.st, "pwm", None, since=n)
+        time.sleep(1.5)
+        evs = be.st.ctl.events(n)
+        assert not [e for e in evs if e["what"] == "contactor"], evs  # still closed
+        assert be.st.op("get")["ev_i"][0] == 0.0  # the EV stopped drawing (respond_s)
+        n2 = next_event(be.st)
+        be.st.op("ev", request=False)  # S2 opens: C -> B
+        ms = reaction_ms(be.st, "cp", "B", "contactor", False, since=n2)
+        print("disable: X1, then C->B -> open in %.1f ms" % ms)
+        assert ms <= 100
+        f = wait_event(be.st, "cp", "F", since=n2)
+        assert f["t_us"] > x1["t_us"]
+    finally:
+        be.stop()
+
+
+def test_reboot_waits_for_the_contactor_then_restarts(tmp_path):
+    be = Backend(tmp_path)
+    try:
+        charging(be.st)
+        n = next_event(be.st)
+        m = be.mark()
+        assert be.cmd("reboot")["ok"]
+        x1 = wait_event(be.st, "pwm", None, since=n)
+        op = wait_event(be.st, "contactor", False, since=n, timeout=10)
+        held = (op["t_us"] - x1["t_us"]) / 1e6
+        print("reboot: X1, contactor opened %.2f s later (EV stays in C)" % held)
+        assert 5.9 <= held <= 7.0, held  # IEC 61851-1: C1 for 6 s, then open
+        be.wait_online(since=m, timeout=20)  # and it restarted
+    finally:
+        be.stop()
