@@ -330,3 +330,95 @@ def test_reboot_of_an_ev_that_stays_in_c_opens_after_6s_and_offers_nothing_new(t
     clk.run(500)
     assert h2.pilot.mode == "+12"
     assert clk.now - t0 < 7000
+
+
+# -- schedules ----------------------------------------------------------------------------
+# Monday 2026-11-23 00:00 in Berlin (CET, UTC+1) = 2026-11-22 23:00 UTC.
+MON_BERLIN = 1795388400
+BERLIN = "CET-1CEST,M3.5.0,M10.5.0/3"
+EVENING = [{"start": "17:00", "end": "21:00", "days": "12345", "current_a": 6.0},
+           {"start": "22:00", "end": "06:00", "days": "1234567", "current_a": 32.0},
+           {"start": "06:00", "end": "17:00", "days": "67", "current_a": 16.0}]
+
+
+def at(board, clk, st, day, hhmm):
+    h, m = hhmm
+    board.unix = MON_BERLIN + day * 86400 + h * 3600 + m * 60
+    clk.run(1100)  # the timetable looks once a second
+    return st.connectors[0]
+
+
+def test_schedule_boundaries_in_local_time(tmp_path):
+    """Break: the schedule read in UTC (tz ignored) -> the 17:00 boundary at 18:00 local."""
+    st, board, clk = boot(tmp_path, tz=BERLIN)
+    board.connectors[0].ev = "B"
+    r = cmd(st, "set_schedule", connector=0, periods=EVENING)
+    assert r["ok"] and r["data"] == {"periods": 3, "clock": True}, r
+    c = at(board, clk, st, 0, (16, 59))  # Monday 16:59: no period
+    assert c.limit_by == "hardware" and c.limit_a == 32.0
+    c = at(board, clk, st, 0, (17, 0))  # 17:00 starts the evening peak
+    assert c.limit_by == "schedule" and c.limit_a == 6.0
+    c = at(board, clk, st, 0, (20, 59))
+    assert c.limit_a == 6.0
+    c = at(board, clk, st, 0, (21, 0))  # the end minute is not in the period
+    assert c.limit_by == "hardware"
+    c = at(board, clk, st, 5, (3, 0))  # Saturday 03:00: Friday's night period wraps
+    assert c.limit_by in ("schedule", "hardware") and c.limit_a == 32.0
+    c = at(board, clk, st, 5, (7, 0))  # Saturday 07:00: the weekend day period
+    assert c.limit_by == "schedule" and c.limit_a == 16.0
+    c = at(board, clk, st, 5, (17, 30))  # no evening peak at the weekend
+    assert c.limit_by == "hardware"
+
+
+def test_schedule_without_a_clock_is_not_applied_and_says_so(tmp_path):
+    st, board, clk = boot(tmp_path, tz=BERLIN)
+    board.unix = None
+    r = cmd(st, "set_schedule", connector=1,
+            periods=[{"start": "00:00", "end": "24:00", "days": "1234567", "current_a": 8}])
+    assert r["ok"] and r["data"]["clock"] is False
+    clk.run(2000)
+    c = st.connectors[0]
+    assert c.limits.get("schedule") is None and c.limit_a == 32.0
+    ev = [e for e in st.events._q if e[1] == "ScheduleNotApplied"]
+    assert ev and "clock" in ev[0][3]
+    board.unix = MON_BERLIN
+    clk.run(1100)
+    assert c.limit_a == 8.0 and c.limit_by == "schedule"  # positive: it applies with a clock
+
+
+def test_a_bad_schedule_is_refused_whole_and_the_old_one_stays(tmp_path):
+    st, board, clk = boot(tmp_path, tz=BERLIN)
+    assert cmd(st, "set_schedule", connector=0, periods=EVENING)["ok"]
+    bad = [{"start": "10:00", "end": "12:00", "days": "1", "current_a": 10},
+           {"start": "11:00", "end": "13:00", "days": "1", "current_a": 10}]
+    for periods in (bad, [{"start": "25:00", "end": "12:00", "days": "1", "current_a": 10}],
+                    [{"start": "10:00", "end": "12:00", "days": "8", "current_a": 10}],
+                    [{"start": "10:00", "end": "12:00", "days": "1", "current_a": 99}],
+                    [{"start": "12:00", "end": "10:00", "days": "x", "current_a": 10}],
+                    "nope"):
+        r = cmd(st, "set_schedule", connector=0, periods=periods)
+        assert not r["ok"] and r["error"] in ("bad_arg", "out_of_range"), r
+    c = at(board, clk, st, 0, (18, 0))
+    assert c.limit_by == "schedule" and c.limit_a == 6.0  # the old one, in force
+
+
+def test_schedule_survives_a_power_cut_and_an_empty_list_clears_it(tmp_path):
+    st, board, clk = boot(tmp_path, tz=BERLIN)
+    assert cmd(st, "set_schedule", connector=0, periods=EVENING)["ok"]
+    clk.run(100)
+    st2, clk2 = reboot(st, clk)
+    c = at(board, clk2, st2, 1, (18, 0))
+    assert c.limit_by == "schedule" and c.limit_a == 6.0
+    assert cmd(st2, "set_schedule", connector=0, periods=[])["ok"]
+    c = at(board, clk2, st2, 1, (18, 1))
+    assert c.limit_by == "hardware"
+    st3, clk3 = reboot(st2, clk2)
+    c = at(board, clk3, st3, 1, (18, 2))
+    assert c.limit_by == "hardware"
+
+
+def test_tz_is_checked_by_config_set(tmp_path):
+    st, board, clk = boot(tmp_path)
+    r = cmd(st, "config_set", values={"tz": "CET-1CEST"})  # DST without its rule
+    assert not r["ok"] and r["error"] == "bad_arg", r
+    assert cmd(st, "config_set", values={"tz": BERLIN})["ok"]

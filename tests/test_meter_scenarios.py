@@ -37,7 +37,8 @@ def test_meter_values_follow_the_ev(tmp_path):
 
 
 def test_meter_vanishes_mid_session_suspends_and_resumes(tmp_path):
-    be = Backend(tmp_path, config=["meter_fail_s=3"])
+    # min_pause_s=0: the resume right after the meter is back (the pause rule: test_load.py)
+    be = Backend(tmp_path, config=["meter_fail_s=3", "min_pause_s=0"])
     try:
         m = be.mark()
         charging(be.st)

@@ -121,9 +121,14 @@ def test_enable_disable_and_stop(be):
     charging(be.st)
     m = be.mark()
     assert be.cmd("disable", connector=1)["ok"]
+    # Charging ends the IEC way: PWM off, the contactor stays until the EV answers C->B.
+    be.status(lambda c: c["state"] == "SuspendedEVSE" and c["offered_a"] == 0.0, since=m)
+    assert be.st.op("get")["contactor"]
+    be.st.op("ev", request=False)
     be.status(lambda c: c["state"] == "Unavailable", since=m)
-    s = be.st.wait_for(lambda s: not s["contactor"])
+    s = be.st.wait_for(lambda s: not s["contactor"] and s["cp_high_v"] == -12.0)
     assert s["cp_high_v"] == -12.0  # state F
+    be.st.op("ev", request=True)
     m = be.mark()
     assert be.cmd("enable", connector=1)["ok"]
     be.status(lambda c: c["state"] in ("SuspendedEVSE", "Charging"), since=m)

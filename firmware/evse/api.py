@@ -188,6 +188,18 @@ class Api:
         self.st.failsafe.release()
         return None
 
+    def cmd_set_schedule(self, args, now):
+        cid, _ = self._scope(args)
+        if "periods" not in args:
+            raise ApiError("bad_arg", "missing periods")
+        tt = self.st.timetable
+        try:
+            parsed = tt.set(cid, args["periods"])
+        except ValueError as e:
+            code, _, detail = str(e).partition(": ")
+            raise ApiError(code, detail) from None
+        return {"periods": len(parsed), "clock": self.st.board.unix_time() is not None}
+
     def cmd_enable(self, args, now):
         _, conns = self._scope(args)
         for c in conns:

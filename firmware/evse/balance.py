@@ -131,7 +131,6 @@ class Balancer:
             return
         cfg = self._cfg
         solar = cfg["site.mode"] != "grid"
-        src = "solar" if solar else "site"
         lim.clear("site" if solar else "solar")
         stale = self._until_s is None or st.uptime.s >= self._until_s
         st.failsafe.grid(stale)
@@ -144,13 +143,19 @@ class Balancer:
             self.alloc = min(self.alloc, cfg["failsafe_current_a"])
             self._fresh = False
             self._inc_ms = now  # data back: the first increase waits its 5 s
-            lim.set(src, self.alloc)
+            self._put(solar)
             return
         if not self._fresh:
             return
         self._fresh = False
         self._decide(now, solar)
-        lim.set(src, self.alloc)
+        self._put(solar)
+
+    def _put(self, solar):
+        if solar:
+            self._st.limits.set("solar", self.alloc)
+        else:
+            self._st.limits.set("site", self.alloc)
 
     def _decide(self, now, solar):
         cfg = self._cfg

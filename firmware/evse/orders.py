@@ -21,7 +21,7 @@ class Orders:
             s = s * 7 + lim.changes
         for c in st.connectors:
             s = s * 2 + (0 if c.enabled else 1)
-        return s
+        return s * 1000 + st.timetable.changes % 1000
 
     def poll(self, st):
         """Every loop: write when a backend or failsafe entry or an enable state changed."""
@@ -49,7 +49,8 @@ class Orders:
         off = [c.id for c in st.connectors if not c.enabled]
         try:
             self._store.write_json(FILE, {"limits": limits, "failsafe": failsafe,
-                                          "disabled": off})
+                                          "disabled": off,
+                                          "schedules": st.timetable.stored()})
             self.writes += 1
             self.failed = False
         except OSError as e:
@@ -89,6 +90,11 @@ class Orders:
                     v = scopes[scope].get("failsafe")
                     scopes[scope].set("failsafe", amps if v is None else min(v, amps))
                     n += 1
+            for scope, periods in d.get("schedules", {}).items():
+                scope = int(scope)
+                if 0 <= scope < len(scopes):
+                    st.timetable.restore(scope, periods)
+                    n += 1
             for cid in off:
                 if 1 <= cid <= len(st.connectors):
                     st.connectors[cid - 1].set_enabled(False)
@@ -99,6 +105,6 @@ class Orders:
             self._events.add("error", "OrdersCorrupt", 0, "%r: failsafe %.1f A" % (e, failsafe_a))
             return
         if n:
-            self._events.add("info", "OrdersRestored", 0,
-                             "%d limits, %d failsafe, %d disabled" % (len(limits), len(fs), len(off)))
+            self._events.add("info", "OrdersRestored", 0, "%d limits, %d failsafe, %d disabled"
+                             % (len(limits), len(fs), len(off)))
         self._sig = self._signature(st)

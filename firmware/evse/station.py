@@ -16,6 +16,7 @@ from evse.metering import Metering
 from evse.orders import Orders
 from evse.store import Store
 from evse.thermal import ThermalGuard
+from evse.timetable import Timetable
 
 LOOP_MS = const(5)  # control-loop period: CP changes are seen within ~2 loops
 _WDT_MS = const(2000)  # hardware watchdog: a stalled loop resets the board
@@ -43,6 +44,7 @@ class Station:
                                  [c.limits for c in self.connectors], self.uptime,
                                  self.boot_ms)
         self.balancer = Balancer(self)
+        self.timetable = Timetable(self)
         self.orders = Orders(self.store, self.events, board.unix_time, self.uptime)
         self.orders.load(self, self.cfg["failsafe_current_a"])
         self.failsafe.restored()
@@ -79,6 +81,10 @@ class Station:
         try:
             self.metering.step(now)
         except Exception as e:  # noqa: BLE001 - a meter bug must not stop the pilot
+            self._internal_error(None, now, e)
+        try:
+            self.timetable.step()
+        except Exception as e:  # noqa: BLE001 - a schedule bug must not stop the pilot
             self._internal_error(None, now, e)
         try:
             self.balancer.step(now)
