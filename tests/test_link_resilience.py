@@ -141,7 +141,10 @@ def test_broker_killed_mid_session_and_restarted(tmp_path):
         assert g["contactor"] and g["offered_a"] == 32.0
         broker2 = Broker(port=broker.port, allow_fallback=False)
         be.mq = Collector(broker.port, "#")  # a new broker: nothing retained, nothing old
-        m = be.mark()
+        # Everything this collector ever sees is after the restart: from its first message
+        # (the station may reconnect before the subscription is done; retained online and
+        # status then arrive right after SUBACK, before any later mark).
+        m = 0
         # Reconnected (backoff 1-6 s here): online and status republished.
         be.wait_online(since=m, timeout=15)
         s = be.status(lambda c: c["state"] == "Charging", since=m, timeout=5)

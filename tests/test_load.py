@@ -296,9 +296,12 @@ def test_random_delay_after_the_failsafe_holds_the_failsafe_current(tmp_path):
     if d is None:
         pytest.skip("the draw was 0 s")
     assert d == 6.0
-    clk.run(6000, step=50)
+    ev = [e for e in st.events._q if e[1] == "StartupDelay" and "failsafe" in e[3]]
+    r = int(ev[-1][3].split("held for ")[1].split()[0])
+    clk.run(500, step=50)
     assert st.connectors[0].offered_a == 6.0 and st.connectors[0].limit_by == "startup_delay"
-    assert run_until(clk, lambda: st.connectors[0].offered_a == 32.0, 21_000, step=50)
+    t = run_until(clk, lambda: st.connectors[0].offered_a == 32.0, 26_000, step=50)
+    assert t is not None and r * 1000 - 1500 <= t + 500 <= r * 1000 + 6500, (r, t)
     assert hal.contactor.on
 
 

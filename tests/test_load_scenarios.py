@@ -127,3 +127,55 @@ def test_reboot_waits_for_the_contactor_then_restarts(tmp_path):
         be.wait_online(since=m, timeout=20)  # and it restarted
     finally:
         be.stop()
+
+
+def test_grid_meter_on_the_modbus_line_balances_and_its_loss_is_the_failsafe(tmp_path):
+    """The simulated SDM630 at address 100 measures the site: other load + the EV. Over the
+    fuse, the station cuts at once; the grid meter dead -> stale -> the failsafe current.
+    Break: the grid meter never polled (Metering ignores site.grid_meter) -> no `site`."""
+    be = Backend(tmp_path, config=["site.fuse_a=40", "site.grid_meter=\"sdm630\"",
+                                   "failsafe_current_a=8", "meter_fail_s=3"])
+    try:
+        be.st.op("grid", i=[20.0, 20.0, 20.0])
+        charging(be.st)
+        m = be.mark()
+        # With 20 A of other load, 39 A target: the EV ends at or below 19 A.
+        s = be.status(lambda c: c["limit_by"] == "site", since=m, timeout=15)
+        assert s["connectors"][0]["limit_a"] <= 19.0 + 3.0
+        # The other load plus the EV, seen through the meter (the first reading may predate
+        # the grid op).
+        end = time.monotonic() + 5
+        while True:
+            d = be.cmd("diag")["data"]["grid"]
+            if d["last"][0] >= 20.0 or time.monotonic() > end:
+                break
+            time.sleep(0.3)
+        assert d["last"][0] >= 20.0 and not d["stale"], d
+        n = next_event(be.st)
+        be.st.op("grid", i=[36.0, 36.0, 36.0])  # the oven: now far over the fuse
+        t0 = be.st.op("get")["now_us"]
+        cut = wait_event(be.st, "pwm", since=n, timeout=10)
+        print("grid meter: duty cut %.2f s after the load step"
+              % ((cut["t_us"] - t0) / 1e6))
+        assert (cut["t_us"] - t0) / 1e6 <= 3.0
+        m = be.mark()
+        t0_timeouts = be.cmd("diag")["data"]["modbus"]["timeout"]
+        be.st.op("fault", kind="grid_meter_down", on=True)
+        ev = be.event("Failsafe", since=m, timeout=10)
+        assert "grid data stale" in ev["detail"], ev
+        assert be.cmd("diag")["data"]["grid"]["stale"] is True
+        # At most the failsafe current (the lower site allowance may stand below it).
+        assert be.st.op("get")["offered_a"] <= 8.0
+        # The dead grid meter must not starve the EV's meter on the same line (its cycles
+        # back off): 10 s more without a PowerMeterFailure. Positive evidence first: the
+        # line did time out on the grid meter.
+        time.sleep(10)
+        lost = be.cmd("diag")["data"]["modbus"]["timeout"] - t0_timeouts
+        print("dead grid meter: %d timeouts in ~14 s" % lost)
+        # 2 tries of one probe per failing cycle, the cycles 2, 4, 8, 16 s apart: a few.
+        # Asked every second it would be ~9 cycles.
+        assert 2 <= lost <= 10, lost
+        bad = [d for d in be.mq.json_after(m, "/event") if d["code"] == "PowerMeterFailure"]
+        assert bad == [], bad
+    finally:
+        be.stop()

@@ -119,13 +119,40 @@ def mpy_tree():
 
 def _cycle_ok(heap, broker, firmware=None):
     """One full charge cycle on a heap of `heap`; True if it completed without errors."""
+    import paho.mqtt.client as mqtt
+
     d = tempfile.mkdtemp(prefix="evse-heap-")
     try:
+        # Everything built so far at work: site balancing on grid data, a schedule in local
+        # time, the standing orders written to flash.
         st = Station(state_dir=d, heapsize=heap, broker=broker, ready_timeout=10,
-                     firmware=firmware)
+                     firmware=firmware,
+                     config=["site.fuse_a=32", 'tz="CET-1CEST,M3.5.0,M10.5.0/3"'])
     except RuntimeError:
         return False
+    host, _, port = broker.rpartition(":")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect(host, int(port))
+    c.loop_start()
+    base = "evse/evse-" + st.id.encode().hex()
+    stop = []
+
+    def grid():
+        while not stop:
+            c.publish(base + "/grid", json.dumps({"i": [8.0, 9.0, 10.0], "ttl_s": 5}))
+            time.sleep(0.5)
+
+    import threading
+
+    t = threading.Thread(target=grid, daemon=True)
+    t.start()
     try:
+        c.publish(base + "/cmd", json.dumps({
+            "rid": "h", "cmd": "set_schedule", "connector": 0,
+            "periods": [{"start": "00:00", "end": "24:00", "days": "1234567",
+                         "current_a": 16}]}), qos=1)
+        c.publish(base + "/cmd", json.dumps({"rid": "l", "cmd": "set_limit", "connector": 1,
+                                             "current_a": 20, "ttl_s": 600}), qos=1)
         st.op("ev", respond_s=0.1)
         for _ in range(2):
             st.op("plug")
@@ -141,6 +168,10 @@ def _cycle_ok(heap, broker, firmware=None):
     except (AssertionError, RuntimeError, OSError, ValueError):
         return False
     finally:
+        stop.append(1)
+        t.join(2)
+        c.loop_stop()
+        c.disconnect()
         st.stop()
 
 

@@ -6,6 +6,7 @@ import random
 import struct
 
 TURNAROUND_S = 0.005  # the slave's think time between request and response
+GRID_SLAVE = 100  # the site's grid meter (config site.grid_slave's default)
 
 
 def crc16(data):
@@ -98,14 +99,42 @@ class Line:
         put(0x48, int(conn.energy_wh) / 1000.0)
         return regs
 
+    def grid_registers(self):
+        """The grid meter: the site's other load (op grid, export negative) plus every
+        connector's EV, phase by phase. Like a real SDM630 it reports current magnitudes;
+        the direction shows in the total power's sign."""
+        w = self.w
+        i = list(w.grid_i)
+        for c in w.conns.values():
+            for k in range(3):
+                i[k] += c.ev_i[k]
+        v = 230.0
+        regs = {}
+
+        def put(addr, val):
+            hi, lo = struct.unpack(">HH", struct.pack(">f", val))
+            regs[addr] = hi
+            regs[addr + 1] = lo
+
+        for k in range(3):
+            put(0x00 + 2 * k, v)
+            put(0x06 + 2 * k, abs(i[k]))
+        put(0x34, sum(i) * v)
+        put(0x46, 50.0)
+        put(0x48, 0.0)
+        return regs
+
     def answer(self, req):
         if len(req) < 4 or crc16(req[:-2]) != req[-2] | (req[-1] << 8):
             return None  # a slave ignores a frame with a bad CRC
         slave, fc = req[0], req[1]
         conn = self.w.conns.get(slave)
-        if conn is None:
+        if slave == GRID_SLAVE and self.w.grid_meter:
+            faults = self.w.grid_faults
+        elif conn is None:
             return None
-        faults = self.w.faults[slave]
+        else:
+            faults = self.w.faults[slave]
         if faults["meter_down"]:
             return None
         if fc != 4:
@@ -120,7 +149,7 @@ class Line:
             elif addr + count > 0x200:
                 reply = with_crc(bytes((slave, 0x84, 2)))
             else:
-                regs = self.registers(conn)
+                regs = self.registers(conn) if conn is not None else self.grid_registers()
                 body = bytearray((slave, 4, 2 * count))
                 for a in range(addr, addr + count):
                     body += struct.pack(">H", regs.get(a, 0))

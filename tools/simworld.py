@@ -461,6 +461,10 @@ class World:
         self.input_glitches = 0  # reads flipped by input_glitches
         self.rng = random.Random(1)
         self.grid_i = [0.0, 0.0, 0.0]
+        # The site's grid meter on the meter line (address 100): it measures grid_i plus the
+        # EVs. Its own faults: grid_meter_down, grid_meter_garbage.
+        self.grid_meter = True
+        self.grid_faults = {"meter_down": False, "meter_garbage": False}
         self.meter_speed = 1.0
         self.energy_t = {}
         self.card = None  # (uid, until_us)
@@ -700,8 +704,16 @@ class World:
         kind = req.get("kind")
         if kind in HW_FAULTS:
             return self._hw_fault(kind, req, t)
+        if kind in ("grid_meter_down", "grid_meter_garbage"):
+            on = req.get("on", True)
+            if not isinstance(on, bool):
+                raise ValueError("on must be a boolean")
+            self.grid_faults[kind[5:]] = on
+            self.event(t, "fault", {"kind": kind, "on": on}, 0)
+            return None
         if kind not in FAULT_KINDS:
-            raise ValueError("kind must be one of " + ", ".join(FAULT_KINDS))
+            raise ValueError("kind must be one of " + ", ".join(
+                FAULT_KINDS + ("grid_meter_down", "grid_meter_garbage")))
         on = req.get("on", True)
         if not isinstance(on, bool):
             raise ValueError("on must be a boolean")

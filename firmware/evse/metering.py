@@ -1,7 +1,10 @@
 """The station's energy meters: one Modbus bus, one meter per connector, and the policy for
 a meter that stops answering (billing is impossible without it)."""
 
-from evse.compat import age_cap, ticks_diff, ticks_us
+from evse.compat import age_cap, const, ticks_diff, ticks_us
+
+# A dead grid meter is asked at most this often, so the connector meters keep the line.
+_GRID_BACKOFF_MS = const(16000)
 
 
 class Metering:
@@ -14,6 +17,9 @@ class Metering:
         self._conns = connectors
         self.bus = None
         self.meters = [None] * len(connectors)
+        self.grid = None  # the site's grid meter on the same line (site.grid_meter)
+        self.on_grid = None  # (i[3] signed, ttl_s) -> None: the balancer's input
+        self._grid_ms = None  # the grid reading last handed on
         self.plug_start_wh = [None] * len(connectors)  # register at plug-in
         self._since_ms = None
         try:
@@ -29,10 +35,16 @@ class Metering:
 
         cfg = self._cfg
         name = cfg["meter.profile"]
-        if name == "none":
+        grid = cfg["site.grid_meter"]
+        if name == "none" and grid == "none":
             return
-        profile = meters.custom_profile(cfg["meter.custom"]) if name == "custom" else (
-            meters.PROFILES[name])
+        if name == "none":
+            profile = None
+            line_name, line = grid, meters.PROFILES[grid]  # the line's defaults: the grid's
+        else:
+            profile = meters.custom_profile(cfg["meter.custom"]) if name == "custom" else (
+                meters.PROFILES[name])
+            line_name, line = name, profile
         transport = board.meter_transport or cfg["meter.transport"]
         if transport.startswith("tcp:"):
             from evse.tcpport import TcpPort
@@ -45,14 +57,18 @@ class Metering:
             raise ValueError("meter.transport must be uart or tcp:HOST:PORT")
         if uart is None:
             return
-        baud = cfg["meter.baud"] or profile[2]
-        parity = cfg["meter.parity"] or meters.PARITY.get(name, "none")
+        baud = cfg["meter.baud"] or line[2]
+        parity = cfg["meter.parity"] or meters.PARITY.get(line_name, "none")
         if hasattr(uart, "init"):
             uart.init(baudrate=baud, bits=8, parity={"none": None, "even": 0, "odd": 1}[parity],
                       stop=1)
         self.bus = modbus.Bus(uart, baud)
-        for k in range(len(self._conns)):
-            self.meters[k] = meters.Meter(self.bus, cfg["meter.slave"] + k, profile, name)
+        if profile is not None:
+            for k in range(len(self._conns)):
+                self.meters[k] = meters.Meter(self.bus, cfg["meter.slave"] + k, profile, name)
+        if grid != "none":
+            self.grid = meters.Meter(self.bus, cfg["site.grid_slave"], meters.PROFILES[grid],
+                                     grid, _GRID_BACKOFF_MS)
 
     @property
     def name(self):
@@ -77,6 +93,12 @@ class Metering:
         if self.bus is None:
             return
         self.bus.step(ticks_us())
+        g = self.grid
+        if g is not None:
+            g.poll(now)
+            if g.ok_ms is not None and g.ok_ms != self._grid_ms and self.on_grid is not None:
+                self._grid_ms = g.ok_ms
+                self.on_grid(self._signed(g.reading), self._cfg["meter_fail_s"])
         if self._since_ms is None:
             self._since_ms = now  # a meter that never answered counts from the first poll
         cfg = self._cfg
@@ -108,6 +130,16 @@ class Metering:
                 c.limits.set("meter", 0.0)
             else:
                 c.limits.clear("meter")
+
+    @staticmethod
+    def _signed(r):
+        """Phase currents with the direction of the total power: meters report current
+        magnitudes, and import/export shows only in the power's sign. (For per-phase
+        direction, publish <base>/grid.)"""
+        i = r[1]
+        if r[2] < 0:
+            return [-i[0], -i[1], -i[2]]
+        return [i[0], i[1], i[2]]
 
     def diag(self):
         bus = self.bus

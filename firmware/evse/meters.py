@@ -178,8 +178,14 @@ class Meter:
     """One meter on a bus. poll(now_ms) starts a read cycle every POLL_MS; `reading` holds
     the last complete one: (v[3], i[3], p_w, e_wh, f_hz); ok_ms when it was taken."""
 
-    def __init__(self, bus, slave, profile, name):
+    def __init__(self, bus, slave, profile, name, backoff_max_ms=0):
         self.bus = bus
+        # A meter that stops answering costs the shared line a timeout per block each
+        # cycle; with backoff_max_ms its cycles then space out (doubling up to this), so a
+        # dead meter cannot starve the others on the line.
+        self._backoff_max = backoff_max_ms
+        self._fails = 0
+        self._bad = False
         self.slave = slave
         self.name = name
         fc, self.order, _baud, max_regs, entries = profile
@@ -203,15 +209,24 @@ class Meter:
             self._pending -= 1
             if kind != modbus.OK:
                 self.errors += 1
+                self._bad = True
+                # This cycle cannot give a reading now: its other blocks leave the line.
+                self._pending -= self.bus.cancel(self._cbs)
+            else:
+                for q, addr, typ, scale in members:
+                    off = 3 + 2 * (addr - start)
+                    if q == "e":
+                        self._e_wh = energy_wh(buf, off, typ, self.order, scale)
+                    else:
+                        self._vals[_IDX[q]] = decode(buf, off, typ, self.order) * scale
+                self._good += 1
+            if self._pending:
                 return
-            for q, addr, typ, scale in members:
-                off = 3 + 2 * (addr - start)
-                if q == "e":
-                    self._e_wh = energy_wh(buf, off, typ, self.order, scale)
-                else:
-                    self._vals[_IDX[q]] = decode(buf, off, typ, self.order) * scale
-            self._good += 1
-            if self._pending == 0 and self._good == len(self.blocks):
+            if self._bad:
+                self._fails += 1
+            elif self._good < len(self.blocks):
+                self._fails = 0  # a probe was answered: whole cycles again
+            else:
                 v = self._vals
                 self.reading = (
                     [round(v[0], 1), round(v[1], 1), round(v[2], 1)],
@@ -221,14 +236,20 @@ class Meter:
                     round(v[8], 2),
                 )
                 self.ok_ms = self._t_cycle
+                self._fails = 0
 
         return cb
 
     def poll(self, now_ms):
         if self._pending:
             return
-        self._t_cycle = age_cap(now_ms, self._t_cycle, POLL_MS)  # ticks wrap: see compat
-        if self._t_cycle is not None and ticks_diff(now_ms, self._t_cycle) < POLL_MS:
+        every = POLL_MS
+        if self._fails and self._backoff_max:
+            every = POLL_MS << min(self._fails, 6)
+            if every > self._backoff_max:
+                every = self._backoff_max
+        self._t_cycle = age_cap(now_ms, self._t_cycle, every)  # ticks wrap: see compat
+        if self._t_cycle is not None and ticks_diff(now_ms, self._t_cycle) < every:
             return
         # All blocks of a cycle or none: with several meters on one line a cycle that got
         # only some of its slots could never complete (a starved meter never reads).
@@ -236,7 +257,10 @@ class Meter:
             return
         self._t_cycle = now_ms
         self._good = 0
-        for k in range(len(self._reqs)):
+        self._bad = False
+        # A meter with backoff that failed is probed with its first block alone.
+        n = 1 if (self._fails and self._backoff_max) else len(self._reqs)
+        for k in range(n):
             if self.bus.submit(self._reqs[k], self._cbs[k]):
                 self._pending += 1
 

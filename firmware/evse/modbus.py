@@ -147,6 +147,20 @@ class Bus:
         self._q.append((req, cb))
         return True
 
+    def cancel(self, cbs):
+        """Drop the queued (not yet sent) requests whose callback is in cbs: a device that
+        stopped answering would only time out on them. Returns how many."""
+        n = 0
+        q = self._q
+        i = 0
+        while i < len(q):
+            if q[i][1] in cbs:
+                q.pop(i)
+                n += 1
+            else:
+                i += 1
+        return n
+
     def room(self):
         """Free queue slots: a device starts a read cycle only when all of it fits."""
         return self._depth - len(self._q)

@@ -16,9 +16,10 @@ class Orders:
         self.failed = False
 
     def _signature(self, st):
-        s = 0
-        for lim in [st.limits] + [c.limits for c in st.connectors]:
-            s = s * 7 + lim.changes
+        # Every loop: no lists built here.
+        s = st.limits.changes
+        for c in st.connectors:
+            s = s * 7 + c.limits.changes
         for c in st.connectors:
             s = s * 2 + (0 if c.enabled else 1)
         return s * 1000 + st.timetable.changes % 1000

@@ -44,6 +44,7 @@ class Station:
                                  [c.limits for c in self.connectors], self.uptime,
                                  self.boot_ms)
         self.balancer = Balancer(self)
+        self.metering.on_grid = self.balancer.sample
         self.timetable = Timetable(self)
         self.orders = Orders(self.store, self.events, board.unix_time, self.uptime)
         self.orders.load(self, self.cfg["failsafe_current_a"])
