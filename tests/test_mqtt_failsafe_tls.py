@@ -42,7 +42,7 @@ def test_failsafe_after_link_loss_until_backend_speaks(tmp_path):
         # A killed broker's socket closes at once, so the station counts from the kill:
         # not before 5 s (a few ms of loop granularity aside), and not much later.
         print("failsafe applied %.2f s after the broker died" % waited)
-        assert 4.9 <= waited <= 8.0, waited
+        assert 4.9 <= waited <= 6.0, waited  # failsafe_after_s + 1 s at most
         assert be.st.op("get")["offered_a"] == 8.0
         broker2 = Broker(port=broker.port, allow_fallback=False)
         be.mq = Collector(broker.port, "#")  # a new broker: nothing retained, nothing old

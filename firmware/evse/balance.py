@@ -22,7 +22,7 @@ _INCREASE_MS = const(5000)  # IEC 61851-1: duty increases at most every 5 s
 _RESPOND_MS = const(3000)
 _GAIN = 2.0  # cut fraction per A of overload, relative to the phase current
 _CUT_MAX = 0.5
-_CUT_MIN = 0.1  # a cut always does something: it is what evens the shares out
+_CUT_MIN = 0.15  # a cut always does something: it is what evens the shares out
 _STEP_MAX_A = 2.0  # the largest additive step per 5 s at weight 1
 # The smallest: the stations must keep probing past the target now and then, or the cuts
 # that even out their shares would never come (kept well inside site.margin_a).
@@ -35,6 +35,11 @@ _CALM_STEP_A = 0.5
 _USE_MARGIN_A = 3.0  # the allowance runs at most this far ahead of what is drawn
 _DRAW_MIN_A = 1.0  # a phase carries this station's load above this current
 _MIN_A = 6.0  # IEC 61851-1: no charging below 6 A
+# A charging station's cut stops at 6 A when the overload is no more than one station's
+# 6 A: below it would pause, and a newcomer paused by its first cut could never come back
+# against the stations already charging (their cuts make the room). Once only: an
+# overload that persists, or a larger one, pauses it.
+_FLOOR_CUTS = const(1)
 _MAX_A = 1000.0
 
 
@@ -75,6 +80,8 @@ class Balancer:
         self._cut_ref = 0.0  # the allowance before the cut under way
         self._low_s = None  # since when solar surplus is below 6 A
         self._calm_s = None  # uptime second of the last cut
+        self._floor_cuts = 0  # cuts in a row that found this station at 6 A
+        self._below_s = None  # uptime second the allowance fell below 6 A
         self.samples = 0
         self.rejected = 0
         self.own = [0.0, 0.0, 0.0]  # this station's current per grid phase (last sample)
@@ -188,19 +195,28 @@ class Balancer:
             # every station (it depends on the shared signal only).
             cut = _GAIN * over / peak
             cut = _CUT_MIN if cut < _CUT_MIN else (_CUT_MAX if cut > _CUT_MAX else cut)
-            base = min(a, mine) if drawing else a
+            if not drawing:
+                self._put_back(a)
+                return  # it loads nothing: its cut would make no room
+            base = min(a, mine)
             if self._cut_ms is not None and ticks_diff(now, self._cut_ms) < _RESPOND_MS:
                 base = self._cut_ref  # the same overload: deepen the cut, don't compound
             else:
                 self._cut_ref = base
                 self._cut_ms = now
+                if drawing and a <= _MIN_A:
+                    self._floor_cuts += 1
             new = base * (1.0 - cut)
+            if (drawing and not solar and new < _MIN_A <= a and over <= _MIN_A
+                    and self._floor_cuts <= _FLOOR_CUTS):
+                new = _MIN_A
             if new < a:
                 a = new
             self._inc_ms = now  # and no increase straight after
             self._calm_s = self._st.uptime.s
         else:
             self._cut_ms = None
+            self._floor_cuts = 0
             if self._inc_ms is None or ticks_diff(now, self._inc_ms) >= _INCREASE_MS:
                 # Additive increase by weight, smaller when the headroom is small or
                 # shared by many (the hint only scales the step).
@@ -212,8 +228,12 @@ class Balancer:
                     per = _CALM_STEP_A
                 step = cfg["site.priority"] * per
                 if a < _MIN_A:
-                    if -over >= _MIN_A:
-                        a = _MIN_A  # paused: restart only where 6 A fits
+                    # Paused: back at 6 A where it fits, or after min_pause_s anyway (the
+                    # others then make room, as for any newcomer): no station starves.
+                    b = self._below_s
+                    if -over >= _MIN_A or (b is not None and self._st.uptime.s - b
+                                           >= self._cfg["min_pause_s"]):
+                        a = _MIN_A
                 elif drawing:
                     # No allowance the EV does not use (a full step beyond it, so the
                     # weights still set the steps' ratio).
@@ -229,6 +249,14 @@ class Balancer:
             a = 0.0
         if solar:
             a = self._solar_hold(a)
+        self._put_back(a)
+
+    def _put_back(self, a):
+        if a < _MIN_A:
+            if self._below_s is None:
+                self._below_s = self._st.uptime.s
+        else:
+            self._below_s = None
         self.alloc = int(a * 10) / 10
 
     def _solar_hold(self, a):

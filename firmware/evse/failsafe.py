@@ -84,8 +84,6 @@ class Failsafe:
         amps = fs if (b is None or replace) else min(b, fs)
         if replace:
             lim.clear("backend")
-        if self.grid_stale and lim is self._station:
-            amps = min(amps, fs)
         lim.set("failsafe", amps)
         return amps
 
