@@ -1,7 +1,8 @@
 """The schedules in force: one per scope (station or connector), applied by the station's
-own clock and time zone (config `tz`, a POSIX TZ string), with no backend needed."""
+own clock and time zone (config `tz`, a POSIX TZ string), with no backend needed.
 
-from evse import localtime, schedule
+evse.schedule and evse.localtime are imported on first use: most stations never get a
+schedule, and their bytecode would take the heap for nothing."""
 
 
 class Timetable:
@@ -18,6 +19,8 @@ class Timetable:
 
     def set(self, scope, periods):
         """Validate whole, then replace (raises ValueError("code: detail"))."""
+        from evse import schedule
+
         parsed = schedule.parse(periods)
         self.parsed[scope] = parsed
         self.changes += 1
@@ -25,6 +28,8 @@ class Timetable:
         return parsed
 
     def restore(self, scope, periods):
+        from evse import schedule
+
         self.parsed[scope] = schedule.parse(periods)
 
     def stored(self):
@@ -32,6 +37,8 @@ class Timetable:
         out = {}
         for k, p in enumerate(self.parsed):
             if p:
+                from evse import schedule
+
                 out[str(k)] = schedule.to_json(p)
         return out
 
@@ -67,6 +74,8 @@ class Timetable:
             self.clock_missing = False
             self._warned = False
             st.events.add("info", "ScheduleApplied", 0, "the clock is set")
+        from evse import localtime, schedule
+
         wd, minute = localtime.local(unix, tz)
         for k, p in enumerate(self.parsed):
             a = schedule.current(p, wd, minute) if p else None
@@ -78,6 +87,8 @@ class Timetable:
     def _zone(self):
         text = self._st.cfg["tz"]
         if text != self._tz_text:
+            from evse import localtime
+
             self._tz_text = text
             try:
                 self._tz = localtime.parse(text)
