@@ -12,7 +12,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 import sitemetrics as sm
-from gridsim import Bell, Constant, DumbLoad, Feed, GridSim
+from gridsim import Bell, Constant, Csv, DumbLoad, Feed, GridSim, Steps
 from linkproxy import LinkProxy
 
 from broker import Broker
@@ -138,6 +138,26 @@ def test_fairness_over_steady_constrained_samples_only():
     assert f["worst_mean_abs_dev_a"] == 1.0
 
 
+def test_starved_counts_an_ev_left_paused_with_room_for_it():
+    # A wants current and draws 0 throughout; B draws its share (samples 1 s apart, held).
+    # One sample at t=12 ends the stretch: stretches 0..12 (12 s) and 13..29 (16 s); with
+    # 10 s grace, 2 + 6 = 8 s count, the longest is 16 s.
+    want = {"A/1": {"over_grace_s": 8.0, "longest_s": 16.0}}
+    # (1) A w1, B w2; at t=12 other load 42.5 leaves room 19.5: A 6.5 A, B 13 A. 6.5 A is
+    # too little for a paused station to resume (7 A): not starved then.
+    other = {12: 42.5}
+    recs = [_meta([("A", "123", 1), ("B", "123", 2)])]
+    recs += [_two_units(t, 0, 20, other=other.get(t, 32.0)) for t in range(30)]
+    assert sm.starved(recs, grace_s=10) == want
+    assert sm.starved(recs, grace_s=30) == {}
+    # (2) A w2, B w1 (at other load 32: A 20, B 10); at t=12 other load 47 leaves room 15:
+    # A 10 A but B 5 A, below 6 A: the stations must take turns, so A waiting is right.
+    other = {12: 47.0}
+    recs = [_meta([("A", "123", 2), ("B", "123", 1)])]
+    recs += [_two_units(t, 0, 10, other=other.get(t, 32.0)) for t in range(30)]
+    assert sm.starved(recs, grace_s=10) == want
+
+
 def test_convergence_time_after_an_arrival():
     meta = _meta([("A", "123", 1), ("B", "123", 2)])
     # B arrives at t=0 (share 20, A's 10). B: 0 0 5 12 19.5 20.5 20 18 then 20 from t=8:
@@ -241,6 +261,17 @@ def test_gridsim_publishes_mapped_per_phase_sums_and_cuts_one_feed():
         finally:
             gs.stop()
             col.stop()
+
+
+def test_base_load_profiles_steps_and_csv(tmp_path):
+    st = Steps([(10, [20, 20, 20]), (5, [10, 0, 0])], before=[1, 2, 3])
+    assert st(0) == [1, 2, 3] and st(5) == [10, 0, 0] and st(9.9) == [10, 0, 0]
+    assert st(10) == [20, 20, 20] and st(1e6) == [20, 20, 20]
+    f = tmp_path / "base.csv"
+    f.write_text("t_s,L1,L2,L3\n0,10,10,10\n10,20,30,40\n")
+    held, lin = Csv(str(f)), Csv(str(f), interpolate=True)
+    assert held(5) == [10, 10, 10] and held(10) == [20, 30, 40]
+    assert lin(5) == [15, 20, 25] and lin(-1) == [10, 10, 10] and lin(99) == [20, 30, 40]
 
 
 def test_gridsim_counts_a_dead_station_as_zero_and_keeps_publishing():
@@ -372,7 +403,8 @@ def test_every_preset_is_a_valid_scenario_and_bad_ones_are_refused():
         sc = make()
         assert sc["name"] == name
         site.validate(sc)
-        assert 120 <= sc["duration_s"] <= 240  # 2-4 minutes of wall time
+        assert sc["duration_s"] <= 240  # at most 4 minutes of wall time
+    assert {"grid5", "grid5-cut", "grid5-dumb", "grid20", "solar"} <= set(site.PRESETS)
     sc = site.preset_grid5()
     sc["actions"].append({"t": 10, "do": "plug", "station": 6})
     with pytest.raises(ValueError, match="no station 6"):

@@ -35,6 +35,9 @@ _CALM_STEP_A = 0.5
 _USE_MARGIN_A = 3.0  # the allowance runs at most this far ahead of what is drawn
 _DRAW_MIN_A = 1.0  # a phase carries this station's load above this current
 _MIN_A = 6.0  # IEC 61851-1: no charging below 6 A
+# What a station starts or resumes with: 6 A plus the hysteresis a connector needs to end a
+# pause (evse/connector.py); an allowance of exactly 6 A would never end one.
+_START_A = 7.0
 # A charging station's cut stops at 6 A when the overload is no more than one station's
 # 6 A: below it would pause, and a newcomer paused by its first cut could never come back
 # against the stations already charging (their cuts make the room). Once only: an
@@ -231,9 +234,9 @@ class Balancer:
                     # Paused: back at 6 A where it fits, or after min_pause_s anyway (the
                     # others then make room, as for any newcomer): no station starves.
                     b = self._below_s
-                    if -over >= _MIN_A or (b is not None and self._st.uptime.s - b
-                                           >= self._cfg["min_pause_s"]):
-                        a = _MIN_A
+                    if -over >= _START_A or (b is not None and self._st.uptime.s - b
+                                             >= self._cfg["min_pause_s"]):
+                        a = _START_A
                 elif drawing:
                     # No allowance the EV does not use (a full step beyond it, so the
                     # weights still set the steps' ratio).
@@ -241,7 +244,7 @@ class Balancer:
                     if a < cap:
                         a = min(a + step, cap)
                 else:
-                    a = _MIN_A  # nothing drawn: whoever comes starts low and climbs
+                    a = _START_A  # nothing drawn: whoever comes starts low and climbs
                 self._inc_ms = now
         if a > _MAX_A:
             a = _MAX_A
