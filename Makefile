@@ -29,7 +29,7 @@ BOARD_PY    = $(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py) \
                 $(foreach d,$(SHARED_$(BOARD)),$(wildcard $(d)/*.py)))
 IMAGE       := build/image/evse-$(BOARD).bin
 
-.PHONY: all venv libs broker lint test sim mpy bench deploy repl firmware clean
+.PHONY: all venv libs broker lint test sim mpy bench bench-site deploy repl firmware clean
 
 all: test
 
@@ -76,6 +76,14 @@ mpy: venv
 
 bench: venv libs broker
 	$(BIN)/python tools/bench.py
+
+# Multi-station site runs (tools/site.py): every preset (grid5, grid5-cut, grid5-dumb, grid20,
+# solar, resume; up to 4 minutes each, about 20 in all) with a real mosquitto and the grid
+# simulator; recordings (.jsonl), metrics (.metrics.json) and plots (.png) in build/site/, the
+# figures printed. Not in `test`. SITE_PRESETS=grid5,solar picks some.
+SITE_PRESETS ?= all
+bench-site: venv libs broker
+	$(BIN)/python tools/site.py --preset $(SITE_PRESETS) --out build/site --plot
 
 # Copy firmware (compiled to .mpy: a board then needs no RAM to compile it), the chosen
 # board (with the modules it shares, SHARED_<board>) and ulogging to a board over USB
