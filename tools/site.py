@@ -145,6 +145,17 @@ def preset_solar():
     }
 
 
+def preset_smart():
+    """The solar day in mode smart: the same stations and sun, and 6 A of grid import always
+    allowed (site.min_grid_a), so charging goes on at a low rate through the cloudless
+    morning and evening too."""
+    sc = preset_solar()
+    sc["name"] = "smart"
+    sc["mode"] = "smart"
+    sc["min_grid_a"] = 6
+    return sc
+
+
 def preset_resume():
     """One station on a 3 x 20 A connection: its EV charges, a base-load step pauses it
     (below 6 A), the base load drops again leaving 14 A of room: the station should resume
@@ -162,7 +173,7 @@ def preset_resume():
 
 PRESETS = {"grid5": preset_grid5, "grid5-cut": preset_grid5_cut,
            "grid5-dumb": preset_grid5_dumb, "grid20": preset_grid20, "solar": preset_solar,
-           "resume": preset_resume}
+           "smart": preset_smart, "resume": preset_resume}
 
 
 # -- helpers ----------------------------------------------------------------------------------

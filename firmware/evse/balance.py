@@ -14,6 +14,7 @@ lost falls back to the failsafe (evse/failsafe.py); a wrong site.stations hint o
 step sizes, never the direction."""
 
 from evse.compat import const, ticks_diff
+from evse.failsafe import random_s
 
 _INCREASE_MS = const(5000)  # IEC 61851-1: duty increases at most every 5 s
 # After a cut the EVs take up to a few seconds to follow (the standard allows 5 s): the
@@ -85,6 +86,7 @@ class Balancer:
         self._calm_s = None  # uptime second of the last cut
         self._floor_cuts = 0  # cuts in a row that found this station at 6 A
         self._below_s = None  # uptime second the allowance fell below 6 A
+        self._turn_s = 0  # ... and how long after that this station takes its turn
         self.samples = 0
         self.rejected = 0
         self.own = [0.0, 0.0, 0.0]  # this station's current per grid phase (last sample)
@@ -235,7 +237,7 @@ class Balancer:
                     # others then make room, as for any newcomer): no station starves.
                     b = self._below_s
                     if -over >= _START_A or (b is not None and self._st.uptime.s - b
-                                             >= self._cfg["min_pause_s"]):
+                                             >= self._turn_s):
                         a = _START_A
                 elif drawing:
                     # No allowance the EV does not use (a full step beyond it, so the
@@ -258,6 +260,10 @@ class Balancer:
         if a < _MIN_A:
             if self._below_s is None:
                 self._below_s = self._st.uptime.s
+                # Stations paused together must not all come back together: each waits
+                # min_pause_s plus a random part of it.
+                p = self._cfg["min_pause_s"]
+                self._turn_s = p + random_s(p)
         else:
             self._below_s = None
         self.alloc = int(a * 10) / 10
