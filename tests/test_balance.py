@@ -219,7 +219,7 @@ def test_solar_starts_on_surplus_and_stops_after_solar_stop_s(tmp_path):
     stop_t = next(t for t, _, i in site.log if t > t0 and i[0] == 0.0)
     assert 29_000 <= stop_t - t0 <= 36_000, stop_t - t0
     site.base = [-15.0, -15.0, -15.0]  # the sun is back: charging resumes (min_pause_s
-    site.run(400_000)  # is 300 s by default)
+    site.run(480_000)  # is 300 s by default, plus a random part of up to 75 s)
     assert site.ev_i[0] >= 6.0 and max(site.grid()) <= 0.5, (site.ev_i, site.grid())
 
 

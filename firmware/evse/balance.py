@@ -86,7 +86,7 @@ class Balancer:
         self._calm_s = None  # uptime second of the last cut
         self._floor_cuts = 0  # cuts in a row that found this station at 6 A
         self._below_s = None  # uptime second the allowance fell below 6 A
-        self._turn_s = 0  # ... and how long after that this station takes its turn
+        self._turn_s = 0  # ... and the random part of its wait before it takes its turn
         self.samples = 0
         self.rejected = 0
         self.own = [0.0, 0.0, 0.0]  # this station's current per grid phase (last sample)
@@ -201,7 +201,7 @@ class Balancer:
             cut = _GAIN * over / peak
             cut = _CUT_MIN if cut < _CUT_MIN else (_CUT_MAX if cut > _CUT_MAX else cut)
             if not drawing:
-                self._put_back(a)
+                self._put_back(a, False)
                 return  # it loads nothing: its cut would make no room
             base = min(a, mine)
             if self._cut_ms is not None and ticks_diff(now, self._cut_ms) < _RESPOND_MS:
@@ -235,9 +235,16 @@ class Balancer:
                 if a < _MIN_A:
                     # Paused: back at 6 A where it fits, or after min_pause_s anyway (the
                     # others then make room, as for any newcomer): no station starves.
+                    # Never all at once: each paused station draws its own random wait.
                     b = self._below_s
-                    if -over >= _START_A or (b is not None and self._st.uptime.s - b
-                                             >= self._turn_s):
+                    if b is None:
+                        go = -over >= _START_A  # never paused under load (solar at dawn)
+                    else:
+                        waited = self._st.uptime.s - b
+                        p = self._cfg["min_pause_s"]
+                        r = self._turn_s
+                        go = waited >= p + r or (-over >= _START_A and waited >= p + r // 4)
+                    if go:
                         a = _START_A
                 elif drawing:
                     # No allowance the EV does not use (a full step beyond it, so the
@@ -254,16 +261,15 @@ class Balancer:
             a = 0.0
         if solar:
             a = self._solar_hold(a)
-        self._put_back(a)
+        self._put_back(a, drawing)
 
-    def _put_back(self, a):
+    def _put_back(self, a, drawing):
         if a < _MIN_A:
-            if self._below_s is None:
+            if self._below_s is None and drawing:  # a pause under load
                 self._below_s = self._st.uptime.s
                 # Stations paused together must not all come back together: each waits
-                # min_pause_s plus a random part of it.
-                p = self._cfg["min_pause_s"]
-                self._turn_s = p + random_s(p)
+                # min_pause_s plus a random part of it (a quarter of that with room).
+                self._turn_s = random_s(self._cfg["min_pause_s"])
         else:
             self._below_s = None
         self.alloc = int(a * 10) / 10
