@@ -262,3 +262,31 @@ def test_a_newcomer_gets_in_and_catches_up(tmp_path):
     assert min(x[2][3] for x in tail) >= 6.0  # it kept charging
     share = sum(a) / 4
     assert all(abs(x - share) <= 1.5 for x in a), (a, share)
+
+
+def test_stations_paused_together_come_back_one_at_a_time(tmp_path, monkeypatch):
+    """Each paused station waits min_pause_s plus its own random part (a quarter of it when
+    there is room). Break: no random part -> all three resume in the same second."""
+    draws = iter([0, 40, 80])
+    monkeypatch.setattr(balance, "random_s", lambda top: next(draws))
+    site = Site(tmp_path, 3, **{"min_pause_s": 60})
+    site.base = [4.0, 4.0, 4.0]
+    for k in range(3):
+        site.plug(k)
+    site.run(60_000)
+    assert all(i >= 6.0 for i in site.ev_i)
+    site.base = [30.0, 30.0, 30.0]  # no room for anyone: all pause
+    site.run(15_000)
+    assert site.ev_i == [0.0, 0.0, 0.0]
+    t_pause = site.t
+    site.base = [4.0, 4.0, 4.0]  # room for all again
+    back = [None, None, None]
+    while site.t - t_pause < 200_000 and None in back:
+        site.run(500)
+        for k in range(3):
+            if back[k] is None and site.ev_i[k] > 0:
+                back[k] = (site.t - t_pause) / 1000
+    print("back after", back)
+    assert None not in back, back
+    times = sorted(back)
+    assert times[1] - times[0] >= 5 and times[2] - times[1] >= 5, back
