@@ -76,8 +76,8 @@ def test_limits_and_disable_survive_a_power_cut(tmp_path):
         m = be.mark()
         be.status(lambda c: c["state"] == "Unavailable" and c["limit_a"] == 10.0, since=m)
         be.st.kill()  # a power cut: nothing flushed that was not already on flash
+        m = be.mark()  # the old station is dead: every status after this is the new boot's
         be.start_station()
-        m = be.mark()
         s = be.status(lambda c: True, since=m, timeout=10)
         c = s["connectors"][0]
         assert c["state"] == "Unavailable" and c["limit_a"] == 10.0 and c["limit_by"] == "backend"
@@ -177,5 +177,24 @@ def test_grid_meter_on_the_modbus_line_balances_and_its_loss_is_the_failsafe(tmp
         assert 2 <= lost <= 12, lost
         bad = [d for d in be.mq.json_after(m, "/event") if d["code"] == "PowerMeterFailure"]
         assert bad == [], bad
+    finally:
+        be.stop()
+
+
+def test_schedule_applies_on_the_unix_port_and_survives_a_power_cut(tmp_path):
+    """set_schedule over MQTT, applied by the station's clock in its tz, on the real
+    runtime; back after a power cut. Break: the timetable never stepped -> no `schedule`."""
+    be = Backend(tmp_path, config=['tz="CET-1CEST,M3.5.0,M10.5.0/3"'])
+    try:
+        m = be.mark()
+        r = be.cmd("set_schedule", connector=0, periods=[
+            {"start": "00:00", "end": "24:00", "days": "1234567", "current_a": 10}])
+        assert r["ok"] and r["data"] == {"periods": 1, "clock": True}, r
+        be.status(lambda c: c["limit_by"] == "schedule" and c["limit_a"] == 10.0, since=m)
+        be.st.kill()
+        m = be.mark()  # the old station is dead: every status after this is the new boot's
+        be.start_station()
+        be.status(lambda c: c["limit_by"] == "schedule" and c["limit_a"] == 10.0, since=m,
+                  timeout=10)
     finally:
         be.stop()

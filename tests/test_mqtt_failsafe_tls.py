@@ -114,6 +114,17 @@ def tls_broker(pki, extra=""):
     return b, tls_port
 
 
+def _tls_site(tmp_path, pki, ca="ca.pem"):
+    """A TLS broker, the station's flash holding `ca` as its CA, and a watcher on the
+    plain listener with its mark: (broker, tls_port, flash dir, collector, mark)."""
+    b, tls_port = tls_broker(pki)
+    state = tmp_path / "flash"
+    state.mkdir()
+    shutil.copy(pki / ca, state / "ca.pem")
+    mq = Collector(b.port, "#")
+    return b, tls_port, state, mq, mq.mark()
+
+
 def _tls_station(state, tls_port, password):
     return Station(state_dir=str(state), config=[
         'mqtt.host="127.0.0.1"', "mqtt.port=%d" % tls_port, "mqtt.tls=true",
@@ -121,12 +132,7 @@ def _tls_station(state, tls_port, password):
 
 
 def test_tls_with_ca_verification_and_credentials(tmp_path, pki):
-    b, tls_port = tls_broker(pki)
-    state = tmp_path / "flash"
-    state.mkdir()
-    shutil.copy(pki / "ca.pem", state / "ca.pem")
-    mq = Collector(b.port, "#")
-    m = mq.mark()
+    b, tls_port, state, mq, m = _tls_site(tmp_path, pki)
     st = None
     try:
         st = _tls_station(state, tls_port, "s3cret")
@@ -158,12 +164,8 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", ["wrong_ca", "wrong_password"])
 def test_tls_refuses_bad_ca_or_credentials(tmp_path, pki, case):
-    b, tls_port = tls_broker(pki)
-    state = tmp_path / "flash"
-    state.mkdir()
-    shutil.copy(pki / ("other.pem" if case == "wrong_ca" else "ca.pem"), state / "ca.pem")
-    mq = Collector(b.port, "#")
-    m = mq.mark()
+    b, tls_port, state, mq, m = _tls_site(
+        tmp_path, pki, "other.pem" if case == "wrong_ca" else "ca.pem")
     st = None
     try:
         st = _tls_station(state, tls_port, "nope" if case == "wrong_password" else "s3cret")
@@ -193,12 +195,7 @@ def test_tls_waits_for_the_clock_then_connects(tmp_path, pki):
     an early handshake would succeed: the order is what is checked.)
     Break: drop the TLS clock wait in evse/link.py Link._hold -> the station connects while
     its clock is unset."""
-    b, tls_port = tls_broker(pki)
-    state = tmp_path / "flash"
-    state.mkdir()
-    shutil.copy(pki / "ca.pem", state / "ca.pem")
-    mq = Collector(b.port, "#")
-    m = mq.mark()
+    b, tls_port, state, mq, m = _tls_site(tmp_path, pki)
     st = None
     on_tls = re.compile(r"New connection from \S+ on port %d\." % tls_port)
     try:

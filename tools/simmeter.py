@@ -7,6 +7,26 @@ import struct
 
 TURNAROUND_S = 0.005  # the slave's think time between request and response
 GRID_SLAVE = 100  # the site's grid meter (config site.grid_slave's default)
+VOLTS = 230.0
+
+
+def sdm630(i, p_w, e_kwh):
+    """An SDM630's input registers (float32, big-endian, high word first): 230 V per phase,
+    currents i[3], total power p_w, 50 Hz, import energy e_kwh."""
+    regs = {}
+
+    def put(addr, val):
+        hi, lo = struct.unpack(">HH", struct.pack(">f", val))
+        regs[addr] = hi
+        regs[addr + 1] = lo
+
+    for k in range(3):
+        put(0x00 + 2 * k, VOLTS)
+        put(0x06 + 2 * k, i[k])
+    put(0x34, p_w)
+    put(0x46, 50.0)
+    put(0x48, e_kwh)
+    return regs
 
 
 def crc16(data):
@@ -83,21 +103,7 @@ class Line:
     def registers(self, conn):
         """SDM630 input registers (float32 big-endian) driven by the EV's draw."""
         conn.accrue(self.w.now())
-        v = 230.0
-        regs = {}
-
-        def put(addr, val):
-            hi, lo = struct.unpack(">HH", struct.pack(">f", val))
-            regs[addr] = hi
-            regs[addr + 1] = lo
-
-        for k in range(3):
-            put(0x00 + 2 * k, v)
-            put(0x06 + 2 * k, conn.ev_i[k])
-        put(0x34, sum(conn.ev_i) * v)
-        put(0x46, 50.0)
-        put(0x48, int(conn.energy_wh) / 1000.0)
-        return regs
+        return sdm630(conn.ev_i, sum(conn.ev_i) * VOLTS, int(conn.energy_wh) / 1000.0)
 
     def grid_registers(self):
         """The grid meter: the site's other load (op grid, export negative) plus every
@@ -108,21 +114,7 @@ class Line:
         for c in w.conns.values():
             for k in range(3):
                 i[k] += c.ev_i[k]
-        v = 230.0
-        regs = {}
-
-        def put(addr, val):
-            hi, lo = struct.unpack(">HH", struct.pack(">f", val))
-            regs[addr] = hi
-            regs[addr + 1] = lo
-
-        for k in range(3):
-            put(0x00 + 2 * k, v)
-            put(0x06 + 2 * k, abs(i[k]))
-        put(0x34, sum(i) * v)
-        put(0x46, 50.0)
-        put(0x48, 0.0)
-        return regs
+        return sdm630([abs(x) for x in i], sum(i) * VOLTS, 0.0)
 
     def answer(self, req):
         if len(req) < 4 or crc16(req[:-2]) != req[-2] | (req[-1] << 8):

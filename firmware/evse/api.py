@@ -55,6 +55,12 @@ def _int(args, key, lo, hi, required=True):
     return v
 
 
+def _refused(e):
+    """A validator's ValueError("code: detail") as the ApiError it means."""
+    code, _, detail = str(e).partition(": ")
+    return ApiError(code, detail)
+
+
 def rid_of(obj):
     """The command's rid if usable (a short string or an integer), else None."""
     if not isinstance(obj, dict):
@@ -196,8 +202,7 @@ class Api:
         try:
             parsed = tt.set(cid, args["periods"])
         except ValueError as e:
-            code, _, detail = str(e).partition(": ")
-            raise ApiError(code, detail) from None
+            raise _refused(e) from None
         return {"periods": len(parsed), "clock": self.st.board.unix_time() is not None}
 
     def cmd_enable(self, args, now):
@@ -254,8 +259,7 @@ class Api:
         try:
             changed = self.st.cfg.update(values)
         except ValueError as e:
-            code, _, detail = str(e).partition(": ")
-            raise ApiError(code, detail) from None
+            raise _refused(e) from None
         except OSError as e:
             raise ApiError("storage", "could not save: %r" % (e,)) from None
         # Secrets are named, never shown.

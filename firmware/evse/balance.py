@@ -15,6 +15,8 @@ step sizes, never the direction."""
 
 from evse.compat import const, ticks_diff
 from evse.failsafe import random_s
+from evse.pilot import MIN_CURRENT_A as _MIN_A
+from evse.pilot import RESUME_A as _START_A  # a paused connector resumes only from here
 
 _INCREASE_MS = const(5000)  # IEC 61851-1: duty increases at most every 5 s
 # After a cut the EVs take up to a few seconds to follow (the standard allows 5 s): the
@@ -35,10 +37,6 @@ _CALM_S = const(60)
 _CALM_STEP_A = 0.5
 _USE_MARGIN_A = 3.0  # the allowance runs at most this far ahead of what is drawn
 _DRAW_MIN_A = 1.0  # a phase carries this station's load above this current
-_MIN_A = 6.0  # IEC 61851-1: no charging below 6 A
-# What a station starts or resumes with: 6 A plus the hysteresis a connector needs to end a
-# pause (evse/connector.py); an allowance of exactly 6 A would never end one.
-_START_A = 7.0
 # A charging station's cut stops at 6 A when the overload is no more than one station's
 # 6 A: below it would pause, and a newcomer paused by its first cut could never come back
 # against the stations already charging (their cuts make the room). Once only: an
@@ -201,7 +199,7 @@ class Balancer:
             cut = _GAIN * over / peak
             cut = _CUT_MIN if cut < _CUT_MIN else (_CUT_MAX if cut > _CUT_MAX else cut)
             if not drawing:
-                self._put_back(a, False)
+                self._keep(a, False)
                 return  # it loads nothing: its cut would make no room
             base = min(a, mine)
             if self._cut_ms is not None and ticks_diff(now, self._cut_ms) < _RESPOND_MS:
@@ -261,9 +259,9 @@ class Balancer:
             a = 0.0
         if solar:
             a = self._solar_hold(a)
-        self._put_back(a, drawing)
+        self._keep(a, drawing)
 
-    def _put_back(self, a, drawing):
+    def _keep(self, a, drawing):
         if a < _MIN_A:
             if self._below_s is None and drawing:  # a pause under load
                 self._below_s = self._st.uptime.s

@@ -40,9 +40,6 @@ _SWITCH_BLANK_MS = const(100)
 _SETTLE_SAMPLES = const(2)
 # Retry a failed RCD self-test this often while latched.
 _RCD_RETRY_MS = const(30000)
-# Resume after a pause below 6 A only at this much above the 6 A minimum (and after
-# min_pause_s): a limit hovering around 6 A must not cycle the contactor.
-_RESUME_HYST_A = 1.0
 # Longer than every window above: the age at which a stored stamp stops ageing (ticks wrap).
 _STALE_MS = const(60000)
 
@@ -408,7 +405,7 @@ class Connector:
         if p is None:
             return True
         if (self._uptime.s - p < self._cfg["min_pause_s"]
-                or limit < pilot.MIN_CURRENT_A + _RESUME_HYST_A):
+                or limit < pilot.RESUME_A):
             return False
         self.paused_s = None
         return True

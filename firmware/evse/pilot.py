@@ -130,6 +130,9 @@ class Detector:
 
 
 MIN_CURRENT_A = 6.0  # below 6 A there is no valid duty: pause in X1 (IEC 61851-1 §A.5)
+# A pause below 6 A ends only at this limit or more: one amp of hysteresis, so a limit
+# hovering around 6 A does not cycle the contactor (evse/connector.py, evse/balance.py).
+RESUME_A = 7.0
 MAX_CURRENT_A = 80.0
 
 

@@ -13,9 +13,8 @@ class Timetable:
         self._tz_text = None
         self._tz = None
         self._s = -1  # the uptime second last applied
-        self.clock_missing = False  # shown in diag; the event goes out once per boot
-        self._warned = False
-        self.tz_bad = False
+        self.clock_missing = False  # waiting for the clock: ScheduleApplied when it comes
+        self._warned = False  # ScheduleNotApplied said (once, until the clock is set)
 
     def set(self, scope, periods):
         """Validate whole, then replace (raises ValueError("code: detail"))."""
@@ -92,8 +91,6 @@ class Timetable:
             self._tz_text = text
             try:
                 self._tz = localtime.parse(text)
-                self.tz_bad = False
             except ValueError:
                 self._tz = None  # config_set checks it; a stored bad one lands here
-                self.tz_bad = True
         return self._tz
