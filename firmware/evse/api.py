@@ -6,6 +6,8 @@ changes nothing. Errors are raised as ApiError(code, detail) and become ok:false
 
 import json
 
+from evse import tariff as tariffs
+from evse.auth import REMOTE_MODES
 from evse.compat import const, ticks_ms
 
 MAX_PAYLOAD = 1900  # what fits the MQTT client's receive buffer with its topic
@@ -56,9 +58,19 @@ def _int(args, key, lo, hi, required=True):
 
 
 def _refused(e):
-    """A validator's ValueError("code: detail") as the ApiError it means."""
+    """A validator's ValueError("code: detail") or ValueError(code, detail) as the
+    ApiError it means."""
+    if len(e.args) == 2:
+        return ApiError(e.args[0], e.args[1])
     code, _, detail = str(e).partition(": ")
     return ApiError(code, detail)
+
+
+def _tag(args):
+    t = args.get("id_tag")
+    if not isinstance(t, str) or not 0 < len(t) <= 20:
+        raise ApiError("bad_arg", "id_tag must be a string of 1..20 characters")
+    return t
 
 
 def rid_of(obj):
@@ -205,6 +217,68 @@ class Api:
             raise _refused(e) from None
         return {"periods": len(parsed), "clock": self.st.board.unix_time() is not None}
 
+    def cmd_start(self, args, now):
+        """Remote start: the app or a payment terminal has authorized id_tag."""
+        st = self.st
+        _, conns = self._scope(args, allow_station=False)
+        c = conns[0]
+        k = c.id - 1
+        tag = _tag(args)
+        caps = (_int(args, "max_wh", 1, 10 ** 7, required=False),
+                _int(args, "max_cost_millis", 1, 10 ** 10, required=False),
+                _int(args, "max_s", 1, 7 * 86400, required=False))
+        _int(args, "priority", 1, 100, required=False)
+        if st.cfg["auth_mode"] not in REMOTE_MODES:
+            raise ApiError("not_allowed", "auth_mode %s takes cards only" % st.cfg["auth_mode"])
+        if c.fault is not None:
+            raise ApiError("not_allowed", "connector %d is faulted (%s)" % (c.id, c.fault))
+        if not c.enabled:
+            raise ApiError("not_allowed", "connector %d is disabled" % c.id)
+        ses = st.sessions
+        if ses.cur[k] is not None:
+            raise ApiError("busy", "connector %d has session %s" % (c.id, ses.cur[k].sid))
+        if ses.journal.full(2 + 2 * sum(1 for s in ses.cur if s is not None)):
+            raise ApiError("busy", "session outbox full: waiting for acknowledgements")
+        ses.authorize(k, tag, "remote", None, caps)
+        return {"connection_timeout_s": st.cfg["connection_timeout_s"]}
+
+    def cmd_set_tariff(self, args, now):
+        obj = {}
+        for k in args:
+            if k not in ("rid", "cmd"):
+                obj[k] = args[k]
+        try:
+            t = tariffs.parse(obj)
+        except ValueError as e:
+            raise _refused(e) from None
+        try:
+            tariffs.save(self.st.store, t)
+        except OSError as e:
+            raise ApiError("storage", "could not save: %r" % (e,)) from None
+        self.st.sessions.tariff = t  # for sessions that start from now on
+        self.st.events.add("info", "TariffChanged", 0, t["currency"])
+        return None
+
+    def cmd_auth_list(self, args, now):
+        ver = _int(args, "version", 1, 2 ** 31 - 1)
+        mode = args.get("mode")
+        if mode not in ("full", "diff"):
+            raise ApiError("bad_arg", "mode must be full or diff")
+        entries = args.get("entries")
+        if not isinstance(entries, list):
+            raise ApiError("bad_arg", "entries must be a list")
+        lst = self.st.auth.list
+        try:
+            n = lst.apply(ver, mode, entries)
+        except ValueError as e:
+            raise _refused(e) from None
+        except OSError as e:
+            raise ApiError("storage", "could not save: %r" % (e,)) from None
+        for e in entries:
+            if isinstance(e, dict):
+                self.st.auth.cache.drop(e.get("id_tag"))  # a listed id is never cached
+        return {"version": lst.version, "entries": n}
+
     def cmd_enable(self, args, now):
         _, conns = self._scope(args)
         for c in conns:
@@ -215,16 +289,30 @@ class Api:
         _, conns = self._scope(args)
         for c in conns:
             c.set_enabled(False)
+            self.st.sessions.grant[c.id - 1] = None
         return None
 
     def cmd_stop(self, args, now):
+        ses = self.st.sessions
         if "sid" in args:
             sid = args["sid"]
             if not isinstance(sid, str):
                 raise ApiError("bad_arg", "sid must be a string")
-            raise ApiError("not_found", "no session %s" % sid)
+            k = ses.find(sid)
+            if k is None:
+                raise ApiError("not_found", "no session %s" % sid)
+            ses.stop(k, "Remote")
+            return {"sid": sid}
         _, conns = self._scope(args, allow_station=False)
         c = conns[0]
+        k = c.id - 1
+        s = ses.cur[k]
+        if s is not None:
+            ses.stop(k, "Remote")
+            return {"sid": s.sid}
+        if ses.grant[k] is not None:
+            ses.grant[k] = None  # authorized, no EV yet: the authorization is withdrawn
+            return None
         if not c.authorized:
             raise ApiError("not_allowed", "connector %d is not charging" % c.id)
         c.stop()

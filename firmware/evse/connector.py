@@ -88,6 +88,7 @@ class Connector:
         self.state = "Available"
         self.thermal_stop = False
         self.meter_failed = False
+        self.blocked = False  # no session may start now (evse/sessions.py): no self-authorizing
         self.halted = False  # a reboot is under way: offer nothing (Station.begin_reboot)
         self.cycles = 0  # contactor closes since boot (diag): contacts wear per cycle
         self.paused_s = None  # uptime second a limit pause began under load, else None
@@ -311,11 +312,12 @@ class Connector:
                 and self.enabled
                 and self.fault is None
                 and not self.finished
+                and not self.blocked
                 and cfg["auth_mode"] == "free"
             ):
                 # Plug and charge: a plugged EV is authorized whenever nothing forbids it,
-                # so charging resumes after a cleared fault or re-enable. RFID and backend
-                # modes arrive with sessions.
+                # so charging resumes after a cleared fault or re-enable. In the other modes
+                # the sessions authorize (a card, the backend, a remote start).
                 self.authorized = True
             self.cp = cp
         else:

@@ -109,6 +109,12 @@ class Link:
             self._reply(self.api.handle(payload, self._now))
         elif topic == self.base + "/grid":
             self._grid(payload)
+        elif topic == self.base + "/session/ack":
+            if payload is not None:
+                self.st.sessions.on_ack(payload)
+        elif topic == self.base + "/auth/res":
+            if payload is not None and self.st.auth is not None:
+                self.st.auth.on_res(payload)
         elif topic == self._ha_status:
             if payload == b"online":
                 self.telemetry.rediscover()  # Home Assistant restarted: it forgot us
@@ -138,6 +144,10 @@ class Link:
         c = self.client
         c.subscribe(self.base + "/cmd", 1)
         c.subscribe(self.base + "/grid", 0)  # a measurement: the next one replaces it
+        c.subscribe(self.base + "/session/ack", 1)
+        c.subscribe(self.base + "/auth/res", 1)
+        if st.auth is not None:
+            st.auth.online = True
         self._ha_status = None
         if st.cfg["ha_discovery"]:
             self._ha_status = st.cfg["ha_prefix"] + "/status"
@@ -153,6 +163,8 @@ class Link:
         if self.up:
             self.up = False
             self.st.failsafe.link_down(now)
+            if self.st.auth is not None:
+                self.st.auth.online = False
             if not deliberate:
                 self.reconnects += 1
         if self._log and not self._failing and not deliberate:

@@ -25,7 +25,7 @@ def info(st):
         "phases": st.cfg["phases"],
         "max_current_a": float(st.board.max_current_a),
         "meter": st.metering.name,
-        "rfid": False,
+        "rfid": st.board.spi is not None,
     }
 
 
@@ -41,11 +41,17 @@ def status(st, now):
             "limit_a": round(c.limit_a, 1),
             "limit_by": c.limit_by,
             "session": None,
-            "error": c.error,
+            "error": _error(st, c),
         }
         e = st.metering.energy_wh(k)
         if e is not None:
             d["energy_wh"] = e  # extension: energy since plug-in
+        s = st.sessions.status(k)
+        if s is not None:
+            d["session"] = s[0]
+            d["session_wh"] = s[1]  # extensions: the session's energy and running cost
+            if s[2] is not None:
+                d["cost_millis"] = s[2]
         conns.append(d)
     return {
         "ts": st.board.unix_time(),
@@ -54,12 +60,22 @@ def status(st, now):
     }
 
 
+def _error(st, c):
+    e = c.error
+    if e is None:
+        r = st.auth.reader
+        if r is not None and r.failed:
+            return "ReaderFailure"  # charging by other means goes on
+    return e
+
+
 def status_key(st):
     """What a status change is judged on (everything but ts, uptime and energy, which
     refresh with the meter cadence instead)."""
     k = []
     for c in st.connectors:
-        k.append((c.state, c.cp, c.contactor, c.duty, c.limit_a, c.limit_by, c.error))
+        k.append((c.state, c.cp, c.contactor, c.duty, c.limit_a, c.limit_by, _error(st, c),
+                  st.sessions.cur[c.id - 1] is not None))
     return k
 
 
@@ -115,6 +131,8 @@ def diag(st, link, now):
         "contactor_cycles": [c.cycles for c in st.connectors],
         "grid": grid_diag(st),
         "orders_writes": st.orders.writes,
+        "sessions": st.sessions.diag(),
+        "auth": st.auth.diag() if st.auth is not None else None,
     }
 
 

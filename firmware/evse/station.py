@@ -4,6 +4,7 @@ ones (sessions, authorization, schedules, balancing) plug in here as one more pa
 
 import sys
 
+from evse.auth import Auth
 from evse.balance import Balancer
 from evse.clock import Uptime
 from evse.compat import const, ticks_diff, ticks_ms
@@ -14,6 +15,7 @@ from evse.failsafe import Failsafe, random_s
 from evse.limits import Limits
 from evse.metering import Metering
 from evse.orders import Orders
+from evse.sessions import Sessions
 from evse.store import Store
 from evse.thermal import ThermalGuard
 from evse.timetable import Timetable
@@ -49,6 +51,13 @@ class Station:
         self.orders = Orders(self.store, self.events, board.unix_time, self.uptime)
         self.orders.load(self, self.cfg["failsafe_current_a"])
         self.failsafe.restored()
+        self.sessions = Sessions(self)
+        reader = None
+        if board.spi is not None:
+            from evse.rfid import Reader
+
+            reader = Reader(board.spi, self.events, self.boot_ms)
+        self.auth = Auth(self, reader)
         r = random_s(self.cfg["random_delay_s"])
         if r:
             # Power-up: nothing offered for a random while (a fleet after a blackout).
@@ -107,6 +116,14 @@ class Station:
                 c.step(now, share, stop)
             except Exception as e:  # noqa: BLE001 - IEC: power off on any fault
                 self._internal_error(c, now, e)
+        try:
+            self.auth.step(now)  # the reader is polled here (bounded; evse/rfid.py)
+        except Exception as e:  # noqa: BLE001 - a reader fault must not stop the pilot
+            self._internal_error(None, now, e)
+        try:
+            self.sessions.step(now)
+        except Exception as e:  # noqa: BLE001 - a journal fault must not stop the pilot
+            self._internal_error(None, now, e)
         try:
             self.orders.poll(self)
         except Exception as e:  # noqa: BLE001 - flash trouble must not stop the pilot

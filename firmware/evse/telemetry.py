@@ -40,6 +40,7 @@ class Telemetry:
         self._check_ms = None
         self._config_due = False
         self._meter_ms = [None] * len(self.st.connectors)
+        self.st.sessions.rewind()
         self.rediscover()
 
     def rediscover(self):
@@ -85,9 +86,13 @@ class Telemetry:
             if ev is None or not self._send("event", report.dumps(report.event(st, ev, now))):
                 break
             st.events.pop()
-        # 4. Meter readings at their cadence.
+        # 4. Session messages (oldest first, until acknowledged) and card requests.
+        st.sessions.publish(self._session)
+        if st.auth is not None:
+            st.auth.publish(self._auth_req)
+        # 5. Meter readings at their cadence.
         self._meter(now)
-        # 5. Discovery configs, as room allows.
+        # 6. Discovery configs, as room allows.
         while self._disc is not None:
             if self._disc_item is None:
                 try:
@@ -102,6 +107,12 @@ class Telemetry:
             elif not ok:
                 break
             self._disc_item = None
+
+    def _session(self, payload):
+        return self._pub(self._base + "/session", payload, False, 1) is not False
+
+    def _auth_req(self, payload):
+        return self._pub(self._base + "/auth/req", payload, False, 1) is not False
 
     def _status(self, now):
         st = self.st

@@ -1,0 +1,338 @@
+"""Charging sessions: billing-grade records from authorization to stop (docs/mqtt.md).
+
+A session starts when a connector is authorized and an EV is plugged in, and stops when
+the connector is no longer authorized and its contactor is open (unplug, stop, cap, fault,
+disable, reboot). Every start and stop is a message written to the journal before it is
+published and kept until the backend acknowledges it. A session still open in the journal
+at boot ended with the power: it is stopped with reason PowerLoss and the meter's reading
+at boot (the contactor opened with the power)."""
+
+import json
+
+from evse import tariff as tariffs
+from evse.compat import const
+from evse.journal import Journal
+
+CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often
+_IDLE_W = const(100)  # below this the EV is taken as drawing nothing
+_RESEND_S = const(300)  # unacknowledged messages go out again this often while connected
+_FAULT_REASON = {"GroundFailure": "GroundFault", "OverCurrentFailure": "OvercurrentFault"}
+
+
+class Session:
+    def __init__(self, sid, cid, id_tag, auth, group, caps, tariff, start_ts, meter_wh, up_s):
+        self.sid = sid
+        self.cid = cid
+        self.id_tag = id_tag
+        self.auth = auth
+        self.group = group
+        self.max_wh, self.max_cost, self.max_s = caps
+        self.tariff = tariff  # the tariff in force at start applies to the whole session
+        self.start_ts = start_ts
+        self.meter_start = meter_wh
+        self.wh = meter_wh  # the latest register reading
+        self.start_s = up_s
+        self.last_s = up_s
+        self.charging_s = 0
+        self.idle_s = 0
+        self.drawn = False  # the EV has drawn power: idle time counts from then on
+        self.ck_s = up_s
+        self.ck_key = None
+        self.reading = None  # the meter reading last looked at (identity: fresh or not)
+
+    def energy(self):
+        if self.wh is None or self.meter_start is None:
+            return 0
+        return self.wh - self.meter_start
+
+    def cost(self):
+        if self.tariff is None:
+            return None
+        return tariffs.cost(self.tariff, self.energy(), self.charging_s, self.idle_s)
+
+
+class Sessions:
+    def __init__(self, station):
+        self.st = station
+        n = len(station.connectors)
+        self.journal = Journal(station.store)
+        self.journal.load()
+        if self.journal.bad:
+            station.events.add("warn", "JournalRepaired", 0,
+                               "%d torn or corrupt records skipped" % self.journal.bad)
+        self.tariff, bad = tariffs.load(station.store)
+        if bad:
+            station.events.add("error", "TariffCorrupt", 0, "tariff file unreadable: no prices")
+        self.cur = [None] * n
+        self.grant = [None] * n  # (id_tag, auth, group, caps, until_s): waits for a plug-in
+        self.reason = [None] * n  # why a running session is being stopped
+        # Open at the cut: stopped once the meter can be read (or meter_fail_s has passed).
+        self.lost = list(self.journal.open.items())
+        self.refused = 0
+        self._full = False
+        self._cursor = 0
+        self._sent_s = None
+        self.acks_bad = 0
+        self.acks_dup = 0
+        self.on_stop = None  # (session, reason) -> None: the authorizer's hook
+
+    # -- control ----------------------------------------------------------------------------
+    def authorize(self, k, id_tag, auth, group=None, caps=(None, None, None)):
+        """Let connector k+1 charge for id_tag: at once if an EV is plugged in, else when
+        one is within connection_timeout_s."""
+        st = self.st
+        self.grant[k] = (id_tag, auth, group, caps,
+                         st.uptime.s + st.cfg["connection_timeout_s"])
+
+    def stop(self, k, reason):
+        """End the session on connector k+1 the IEC way; the record follows when the
+        contactor is open."""
+        if self.reason[k] is None:
+            self.reason[k] = reason
+        self.st.connectors[k].stop()
+
+    def find(self, sid):
+        for k, s in enumerate(self.cur):
+            if s is not None and s.sid == sid:
+                return k
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self, now):
+        st = self.st
+        up = st.uptime.s
+        for k, c in enumerate(st.connectors):
+            s = self.cur[k]
+            if s is None:
+                self._maybe_start(k, c, up)
+            elif not c.authorized and not c.contactor:
+                self._close(k, c, s, up)
+            else:
+                self._account(k, c, s, up)
+        if self.lost:
+            self._power_loss(up)
+        j = self.journal
+        if j.due(any(c.contactor for c in st.connectors)):
+            j.compact()
+            self._cursor = min(self._cursor, len(j.outbox))
+
+    def _maybe_start(self, k, c, up):
+        g = self.grant[k]
+        if g is not None and up > g[4]:
+            self.grant[k] = None
+            g = None
+            self.st.events.add("info", "AuthorizationExpired", c.id,
+                               "no EV plugged in within connection_timeout_s")
+        j = self.journal
+        # Room for this start and stop, and for the stop of every running session.
+        full = j.full(2 + 2 * sum(1 for s in self.cur if s is not None))
+        if not full:
+            self._full = False
+        # No new session while the outbox is full or the session the power cut ended is not
+        # closed yet; a free-mode connector must not authorize itself meanwhile.
+        c.blocked = full or any(e[0] == c.id for e in self.lost)
+        if c.cp not in ("B", "C", "D") or not c.enabled or c.fault is not None or c.halted:
+            return
+        free = self.st.cfg["auth_mode"] == "free" and not c.finished
+        if g is None and not c.authorized and not (free and c.blocked):
+            return  # nobody asks for a session
+        if c.blocked:
+            c.authorized = False
+            if full and not self._full:
+                self._full = True
+                self.refused += 1
+                self.st.events.add("error", "OutboxFull", c.id,
+                                   "%d unacknowledged session messages: no new session"
+                                   % len(j.outbox))
+            return
+        if g is None:
+            g = (None, "free", None, (None, None, None), 0)  # plug and charge
+        elif c.finished:
+            c.finished = False  # a new authorization after a stop, same plug-in
+        self.grant[k] = None
+        self._start(k, c, g, up)
+        c.authorized = True
+
+    def _start(self, k, c, g, up):
+        st = self.st
+        id_tag, auth, group, caps, _ = g
+        r = st.metering.reading(k)
+        wh = r[3] if r is not None else None
+        sid = self.journal.next_sid(st.station_id)
+        s = Session(sid, c.id, id_tag, auth, group, caps, self.tariff, st.board.unix_time(),
+                    wh, up)
+        s.reading = r
+        self.cur[k] = s
+        self.reason[k] = None
+        m = {"event": "start", "sid": sid, "connector": c.id, "id_tag": id_tag, "auth": auth,
+             "start_ts": s.start_ts, "meter_start_wh": wh}
+        self.journal.message(m, {"t": s.tariff, "g": group})
+
+    def _account(self, k, c, s, up):
+        """Per loop: a fresh meter reading is checked against the caps at once; times
+        count per uptime second."""
+        r = self.st.metering.reading(k)
+        if r is not None and r is not s.reading:
+            s.reading = r
+            if s.meter_start is None:
+                s.meter_start = r[3]  # the meter's first answer after the start
+            s.wh = r[3]
+            if r[2] >= _IDLE_W:
+                s.drawn = True
+            self._caps(k, s, r[2])
+        dt = up - s.last_s
+        if dt <= 0:
+            return
+        s.last_s = up
+        if c.contactor:
+            s.charging_s += dt
+            if r is None:
+                s.drawn = True  # no meter: a closed contactor is the best evidence
+        if s.drawn and c.out == 1 and (not c.contactor or (r is not None and r[2] < _IDLE_W)):
+            s.idle_s += dt  # offered current and not taking it: the bay is blocked
+        if s.max_s is not None and up - s.start_s >= s.max_s:
+            self.stop(k, "TimeLimitReached")
+        elif s.max_cost is not None and s.tariff is not None:
+            self._cost_cap(k, s, 0)
+        if up - s.ck_s >= CHECKPOINT_S:
+            s.ck_s = up
+            key = (s.wh, s.charging_s, s.idle_s)
+            if key != s.ck_key:
+                s.ck_key = key
+                self.journal.checkpoint(c.id, {"sid": s.sid, "wh": s.wh, "d": up - s.start_s,
+                                                "cs": s.charging_s, "i": s.idle_s,
+                                                "ts": self.st.board.unix_time()})
+
+    def _caps(self, k, s, p_w):
+        # Stop one meter poll early rather than one late: the next reading would show this
+        # much more energy at the present power.
+        ahead = p_w * 1000 // 3600000 if p_w > 0 else 0  # meters.POLL_MS of energy, Wh
+        if s.max_wh is not None and s.energy() + ahead >= s.max_wh:
+            self.stop(k, "EnergyLimitReached")
+        elif s.max_cost is not None and s.tariff is not None:
+            self._cost_cap(k, s, ahead)
+
+    def _cost_cap(self, k, s, ahead_wh):
+        c = tariffs.cost(s.tariff, s.energy() + ahead_wh, s.charging_s, s.idle_s)
+        if c["total_millis"] >= s.max_cost:
+            self.stop(k, "LocalOutOfCredit")
+
+    def _reason(self, k, c):
+        r = self.reason[k]
+        if r is not None:
+            return r
+        if c.fault is not None:
+            return _FAULT_REASON.get(c.fault, "Other")
+        if c.halted:
+            return "Reboot"
+        if not c.enabled:
+            return "Remote"
+        if c.cp not in ("B", "C", "D"):
+            return "EVDisconnected"
+        return "Other"
+
+    def _close(self, k, c, s, up):
+        self._account(k, c, s, up)
+        estimated = False
+        r = self.st.metering.reading(k)
+        if c.meter_failed or (r is None and self.st.metering.meters[k] is not None):
+            estimated = True  # the last good reading stands in
+        reason = self._reason(k, c)
+        self.cur[k] = None
+        self.reason[k] = None
+        self._write_stop(s.sid, c.id, s.id_tag, s.start_ts, self.st.board.unix_time(),
+                         s.meter_start, s.wh, up - s.start_s, s.charging_s, s.idle_s,
+                         reason, estimated, s.tariff)
+        if self.on_stop is not None:
+            self.on_stop(s, reason)
+
+    def _write_stop(self, sid, cid, id_tag, start_ts, stop_ts, m0, m1, dur, cs, idle, reason,
+                    estimated, tariff):
+        energy = m1 - m0 if m0 is not None and m1 is not None else 0
+        m = {"event": "stop", "sid": sid, "connector": cid, "id_tag": id_tag,
+             "start_ts": start_ts, "stop_ts": stop_ts, "meter_start_wh": m0,
+             "meter_stop_wh": m1, "energy_wh": energy, "duration_s": dur,
+             "charging_s": cs, "idle_s": idle, "reason": reason, "estimated": estimated}
+        if tariff is not None:
+            m["cost"] = tariffs.cost(tariff, energy, cs, idle)
+        self.journal.message(m)
+
+    def _power_loss(self, up):
+        """Sessions the power cut ended: closed with the meter's reading at boot."""
+        st = self.st
+        keep = []
+        for cid, o in self.lost:
+            k = cid - 1
+            r = st.metering.reading(k) if 0 <= k < len(st.connectors) else None
+            meterless = k >= len(st.connectors) or st.metering.meters[k] is None
+            if r is None and not meterless and up < st.cfg["meter_fail_s"]:
+                keep.append((cid, o))
+                continue
+            m, x, ck = o["m"], o["x"] or {}, o["c"] or {}
+            wh = r[3] if r is not None else ck.get("wh", m["meter_start_wh"])
+            self.journal.open.pop(cid, None)
+            self._write_stop(m["sid"], cid, m["id_tag"], m["start_ts"],
+                             ck.get("ts", m["start_ts"]), m["meter_start_wh"], wh,
+                             ck.get("d", 0), ck.get("cs", 0), ck.get("i", 0), "PowerLoss",
+                             r is None and not meterless, x.get("t"))
+        self.lost = keep
+
+    # -- the backend side -------------------------------------------------------------------
+    def rewind(self):
+        """After a (re)connect every unacknowledged message goes out again, oldest first."""
+        self._cursor = 0
+        self._sent_s = self.st.uptime.s
+
+    def publish(self, send):
+        """send(payload) -> True (queued) or False (no room now)."""
+        j = self.journal
+        up = self.st.uptime.s
+        if self._sent_s is not None and up - self._sent_s >= _RESEND_S and j.outbox \
+                and self._cursor >= len(j.outbox):
+            self.rewind()  # connected for long, still unacknowledged: maybe nobody got it
+        while self._cursor < len(j.outbox):
+            p = j.payload(j.outbox[self._cursor][1])
+            if p is not None and not send(p):
+                return
+            self._cursor += 1
+
+    def on_ack(self, payload):
+        """<base>/session/ack {"seq": n}: bad ones change nothing and are counted."""
+        try:
+            obj = json.loads(payload)
+            seq = obj["seq"]
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, UnicodeError):
+            self.acks_bad += 1
+            return "bad"
+        j = self.journal
+        i = 0
+        for e in j.outbox:
+            if e[0] == seq:
+                break
+            i += 1
+        res = j.ack(seq)
+        if res == "ok":
+            if i < self._cursor:
+                self._cursor -= 1
+        elif res == "bad":
+            self.acks_bad += 1
+        else:
+            self.acks_dup += 1
+        return res
+
+    def diag(self):
+        j = self.journal
+        return {"outbox": len(j.outbox), "seq": j.seq, "open": sum(
+            1 for s in self.cur if s is not None), "acks": j.acked, "acks_bad": self.acks_bad,
+            "acks_dup": self.acks_dup, "flash_writes": j.writes, "flash_bytes": j.bytes,
+            "journal_bytes": j.size, "refused": self.refused}
+
+    def status(self, k):
+        """(sid, energy_wh, cost_millis) of connector k+1's running session, or None."""
+        s = self.cur[k]
+        if s is None:
+            return None
+        c = s.cost()
+        return s.sid, s.energy(), None if c is None else c["total_millis"]

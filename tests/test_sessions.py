@@ -1,0 +1,359 @@
+"""Sessions on CPython with a fake board and a stepped clock: the journal on flash (torn
+records, counters that never repeat, the outbox and its acknowledgements, compaction),
+session start and stop with their reasons, caps, costs and the power-loss stop at boot."""
+
+import json
+import os
+
+from evse import journal as journals
+from evse.api import Api
+from evse.journal import Journal
+from evse.station import Station
+from evse.store import Store
+from fakes import Clock, FakeBoard, NoLink
+
+
+class Meter:
+    """A meter reading the sessions see (metering.meters[k]); `wh` accrues from `p_w`."""
+
+    def __init__(self, wh=100000, p_w=0):
+        self.name = "fake"
+        self.wh = wh
+        self.p_w = p_w
+        self.reading = None
+        self.read()
+
+    def read(self):
+        self.reading = ([230.0] * 3, [0.0] * 3, self.p_w, self.wh, 50.0)
+
+
+def boot(path, connectors=1, meter=None, **cfg):
+    board = FakeBoard(str(path), connectors=connectors)
+    st = Station(board, overrides=cfg or None)
+    if meter is not None:
+        st.metering.meters[0] = meter
+    clk = Clock(st)
+    clk.run(50)
+    return st, board, clk
+
+
+def cmd(st, name, **args):
+    args.update(rid="r%d" % id(args), cmd=name)
+    return Api(st, NoLink()).handle(json.dumps(args).encode())
+
+
+def messages(st):
+    j = st.sessions.journal
+    return [json.loads(j.payload(off)) for _, off in j.outbox]
+
+
+def plug_and_charge(board, clk, k=0):
+    hal = board.connectors[k]
+    hal.ev = "B"
+    clk.run(50)
+    hal.ev = "C"
+    clk.run(400)
+    return hal
+
+
+# -- the journal --------------------------------------------------------------------------
+def test_journal_counters_outbox_and_acks_survive_reload(tmp_path):
+    """Break: counters not restored at load (seq/sid restart at 1) or acks not replayed."""
+    store = Store(str(tmp_path))
+    j = Journal(store)
+    j.load()
+    for i in range(3):
+        sid = j.next_sid("evse-x")
+        j.message({"event": "start", "sid": sid, "connector": 1})
+        j.message({"event": "stop", "sid": sid, "connector": 1})
+    assert j.seq == 6 and j.sid_n == 3
+    assert j.ack(2) == "ok" and j.ack(2) == "dup" and j.ack(99) == "bad" and j.ack(0) == "bad"
+    j2 = Journal(store)
+    j2.load()
+    assert (j2.seq, j2.sid_n) == (6, 3)
+    assert [e[0] for e in j2.outbox] == [1, 3, 4, 5, 6]
+    assert json.loads(j2.payload(j2.outbox[0][1]))["seq"] == 1
+
+
+def test_torn_last_record_is_skipped_and_never_glued_to(tmp_path):
+    """A write cut short leaves a prefix: it is dropped at boot, counted, and the next
+    record starts on a clean line. Break: no checksum check, or no compaction after a
+    torn line -> the torn record reads back or the next one is glued to it."""
+    store = Store(str(tmp_path))
+    j = Journal(store)
+    j.load()
+    j.message({"event": "start", "sid": j.next_sid("s"), "connector": 1})
+    full = journals._line(b"M", json.dumps({"event": "stop", "sid": "s-000001",
+                                            "connector": 1, "seq": 2}))
+    for cut in (5, 11, 20, len(full) - 1):
+        with open(j.path, "rb") as f:
+            good = f.read()
+        with open(j.path, "ab") as f:
+            f.write(full[:cut])  # the power went mid-write
+        j2 = Journal(store)
+        j2.load()
+        assert j2.bad == 1, cut
+        assert [e[0] for e in j2.outbox] == [1] and j2.seq == 1 and 1 in j2.open
+        j2.message({"event": "stop", "sid": "s-000001", "connector": 1})
+        j3 = Journal(store)
+        j3.load()
+        assert j3.bad == 0 and [e[0] for e in j3.outbox] == [1, 2] and not j3.open
+        # back to the state before the torn write for the next cut
+        with open(j.path, "wb") as f:
+            f.write(good)
+
+
+def test_a_corrupt_record_in_the_middle_costs_only_itself(tmp_path):
+    store = Store(str(tmp_path))
+    j = Journal(store)
+    j.load()
+    for i in range(3):
+        j.message({"event": "start", "sid": j.next_sid("s"), "connector": i + 1})
+    data = bytearray(open(j.path, "rb").read())
+    second = data.index(b"\n") + 1
+    data[second + 30] ^= 0x01  # one flipped bit in the second record
+    open(j.path, "wb").write(data)
+    j2 = Journal(store)
+    j2.load()
+    assert j2.bad == 1 and [e[0] for e in j2.outbox] == [1, 3] and j2.seq == 3
+
+
+def test_compaction_keeps_counters_outbox_and_open_sessions(tmp_path):
+    """Break: the header line left out of compaction -> seq/sid restart after reload."""
+    store = Store(str(tmp_path))
+    j = Journal(store)
+    j.load()
+    for i in range(40):
+        sid = j.next_sid("s")
+        j.message({"event": "start", "sid": sid, "connector": 1, "pad": "x" * 300})
+        j.message({"event": "stop", "sid": sid, "connector": 1})
+        j.ack(j.seq - 1)
+        j.ack(j.seq)
+    sid = j.next_sid("s")
+    j.message({"event": "start", "sid": sid, "connector": 2, "meter_start_wh": 5})
+    j.ack(j.seq)  # acknowledged, still running
+    j.checkpoint(2, {"sid": sid, "wh": 9})
+    j.message({"event": "start", "sid": j.next_sid("s"), "connector": 1})  # unacknowledged
+    before = j.size
+    assert j.due(False) and not j.due(True)
+    j.compact()
+    assert j.size < before // 10
+    j2 = Journal(store)
+    j2.load()
+    assert (j2.seq, j2.sid_n) == (82, 42)
+    assert [e[0] for e in j2.outbox] == [82]
+    assert j2.open[2]["m"]["sid"] == sid and j2.open[2]["c"]["wh"] == 9
+    assert j2.open[1]["m"]["seq"] == 82
+
+
+def test_compaction_cut_midway_leaves_the_old_journal(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    j = Journal(store)
+    j.load()
+    j.message({"event": "start", "sid": j.next_sid("s"), "connector": 1})
+    old = open(j.path, "rb").read()
+
+    def cut(*a):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(journals.os, "rename", cut)
+    try:
+        j.compact()
+    except OSError:
+        pass
+    assert open(j.path, "rb").read() == old
+    j2 = Journal(store)
+    j2.load()
+    assert j2.seq == 1 and [e[0] for e in j2.outbox] == [1]
+
+
+# -- sessions on a station ------------------------------------------------------------------
+def test_free_mode_session_start_stop_on_unplug(tmp_path):
+    m = Meter(wh=500000, p_w=7000)
+    st, board, clk = boot(tmp_path, meter=m)
+    hal = plug_and_charge(board, clk)
+    assert hal.contactor.on
+    s = st.sessions.cur[0]
+    assert s is not None and s.sid == "evse-abcdef-000001" and s.meter_start == 500000
+    clk.run(10_000)
+    m.wh += 20
+    m.read()
+    clk.run(10)
+    hal.ev = "A"
+    clk.run(50)
+    msgs = messages(st)
+    assert [x["event"] for x in msgs] == ["start", "stop"]
+    stop = msgs[1]
+    assert stop["reason"] == "EVDisconnected" and stop["energy_wh"] == 20
+    assert stop["meter_stop_wh"] == 500020 and not stop["estimated"]
+    assert 9 <= stop["charging_s"] <= 11 and stop["seq"] == 2
+    assert "cost" not in stop
+
+
+def test_reasons_remote_disable_fault_reboot(tmp_path):
+    st, board, clk = boot(tmp_path, meter=Meter())
+    plug_and_charge(board, clk)
+    sid = st.sessions.cur[0].sid
+    assert cmd(st, "stop", sid=sid)["ok"]
+    board.connectors[0].ev = "B"  # the EV answers X1
+    clk.run(100)
+    assert messages(st)[-1]["reason"] == "Remote"
+    assert cmd(st, "stop", sid=sid)["error"] == "not_found"
+    board.connectors[0].ev = "A"
+    clk.run(100)
+    plug_and_charge(board, clk)
+    board.connectors[0].rcd = True
+    clk.run(50)
+    assert messages(st)[-1]["reason"] == "GroundFault"
+    board.connectors[0].rcd = False
+
+
+def test_remote_start_waits_for_plug_in_and_lapses(tmp_path):
+    st, board, clk = boot(tmp_path, meter=Meter(), auth_mode="remote",
+                          connection_timeout_s=10)
+    hal = board.connectors[0]
+    hal.ev = "B"
+    clk.run(100)
+    assert st.sessions.cur[0] is None and hal.pilot.mode == "+12"  # nobody authorized
+    hal.ev = "A"
+    clk.run(100)
+    r = cmd(st, "start", connector=1, id_tag="APP1", max_wh=1000)
+    assert r["ok"] and r["data"]["connection_timeout_s"] == 10
+    clk.run(5000)
+    plug_and_charge(board, clk)
+    s = st.sessions.cur[0]
+    assert s.id_tag == "APP1" and s.auth == "remote" and s.max_wh == 1000
+    assert cmd(st, "start", connector=1, id_tag="APP2")["error"] == "busy"
+    hal.ev = "A"
+    clk.run(100)
+    assert cmd(st, "start", connector=1, id_tag="APP3")["ok"]
+    clk.run(12_000)
+    hal.ev = "B"
+    clk.run(200)
+    assert st.sessions.cur[0] is None and hal.pilot.mode == "+12"
+
+
+def test_energy_cap_stops_at_the_cap(tmp_path):
+    m = Meter(wh=0, p_w=11000)
+    st, board, clk = boot(tmp_path, meter=m, auth_mode="remote")
+    assert cmd(st, "start", connector=1, id_tag="APP", max_wh=50)["ok"]
+    hal = plug_and_charge(board, clk)
+    for _ in range(100):  # 11 kW: ~3 Wh per one-second reading
+        m.wh += 3
+        m.read()
+        clk.run(1000)
+        if hal.pilot.mode != "pwm":
+            break
+    assert hal.pilot.mode == "+12"
+    assert 47 <= m.wh <= 50, m.wh  # stopped at the reading that would have crossed 50 Wh
+    hal.ev = "B"
+    clk.run(100)
+    stop = messages(st)[-1]
+    assert stop["reason"] == "EnergyLimitReached" and stop["energy_wh"] == m.wh
+
+
+def test_time_cap_and_cost_breakdown(tmp_path):
+    m = Meter(wh=0, p_w=3600)
+    st, board, clk = boot(tmp_path, meter=m, auth_mode="remote")
+    assert cmd(st, "set_tariff", currency="EUR", energy_millis_per_kwh=35000,
+               time_millis_per_h=1200, fee_millis=500, idle_millis_per_h=0,
+               idle_grace_s=0)["ok"]
+    assert cmd(st, "start", connector=1, id_tag="APP", max_s=60)["ok"]
+    hal = plug_and_charge(board, clk)
+    for _ in range(70):
+        m.wh += 1
+        m.read()
+        clk.run(1000)
+    assert hal.pilot.mode == "+12"
+    hal.ev = "B"
+    clk.run(100)
+    stop = messages(st)[-1]
+    assert stop["reason"] == "TimeLimitReached"
+    e = stop["energy_wh"]
+    cs = stop["charging_s"]
+    cost = stop["cost"]
+    assert cost["energy_millis"] == (e * 35000 + 500) // 1000
+    assert cost["time_millis"] == (cs * 1200 + 1800) // 3600
+    assert cost["total_millis"] == cost["energy_millis"] + cost["time_millis"] + 500
+
+
+def test_power_loss_closes_the_session_at_boot_with_the_meter_reading(tmp_path):
+    m = Meter(wh=1000, p_w=7000)
+    st, board, clk = boot(tmp_path, meter=m)
+    plug_and_charge(board, clk)
+    sid = st.sessions.cur[0].sid
+    clk.run(400_000)  # a checkpoint
+    # the power goes: a new Station on the same flash; the meter kept counting
+    m2 = Meter(wh=1500)
+    board2 = FakeBoard(board.fs)
+    st2 = Station(board2)
+    st2.metering.meters[0] = m2
+    Clock(st2).run(100)
+    stop = messages(st2)[-1]
+    assert stop["sid"] == sid and stop["reason"] == "PowerLoss"
+    assert stop["meter_stop_wh"] == 1500 and stop["energy_wh"] == 500
+    assert not stop["estimated"] and stop["duration_s"] >= 300
+    assert st2.sessions.journal.seq == 2
+    # and the next session gets new numbers
+    plug_and_charge(board2, Clock(st2))
+
+
+def test_power_loss_without_meter_reading_is_estimated_after_meter_fail_s(tmp_path):
+    st, board, clk = boot(tmp_path, meter=Meter(wh=1000))
+    plug_and_charge(board, clk)
+    board2 = FakeBoard(board.fs)
+    st2 = Station(board2)
+    dead = Meter()
+    dead.reading = None
+    st2.metering.meters[0] = dead
+    clk2 = Clock(st2)
+    clk2.run(5000)
+    assert st2.sessions.journal.seq == 1  # waits for the meter
+    clk2.run(7000)
+    stop = messages(st2)[-1]
+    assert stop["reason"] == "PowerLoss" and stop["estimated"]
+    assert stop["meter_stop_wh"] == 1000
+
+
+def test_outbox_full_refuses_new_sessions_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(journals, "OUTBOX_MAX", 4)
+    st, board, clk = boot(tmp_path, meter=Meter())
+    hal = board.connectors[0]
+    for _ in range(2):
+        plug_and_charge(board, clk)
+        hal.ev = "A"
+        clk.run(100)
+    assert len(st.sessions.journal.outbox) == 4
+    hal.ev = "B"
+    clk.run(200)
+    assert st.sessions.cur[0] is None and hal.pilot.mode == "+12"
+    codes = [e[1] for e in st.events._q]
+    assert "OutboxFull" in codes
+    st.sessions.on_ack(b'{"seq":1}')
+    st.sessions.on_ack(b'{"seq":2}')
+    clk.run(200)
+    assert st.sessions.cur[0] is not None and hal.pilot.mode == "pwm"
+
+
+def test_garbled_acks_change_nothing_and_are_counted(tmp_path):
+    st, board, clk = boot(tmp_path, meter=Meter())
+    plug_and_charge(board, clk)
+    ses = st.sessions
+    for bad in (b"nope", b'{"seq":"1"}', b'{"seq":true}', b'{"seq":7}', b"[1]", b'{"x":1}'):
+        ses.on_ack(bad)
+    assert ses.acks_bad == 6 and len(ses.journal.outbox) == 1
+    assert ses.on_ack(b'{"seq":1}') == "ok" and ses.on_ack(b'{"seq":1}') == "dup"
+    assert not ses.journal.outbox
+
+
+def test_journal_writes_per_session(tmp_path):
+    """Flash wear: a short session costs two message lines and two ack lines."""
+    st, board, clk = boot(tmp_path, meter=Meter())
+    w0 = st.sessions.journal.writes
+    hal = plug_and_charge(board, clk)
+    hal.ev = "A"
+    clk.run(100)
+    st.sessions.on_ack(b'{"seq":1}')
+    st.sessions.on_ack(b'{"seq":2}')
+    assert st.sessions.journal.writes - w0 == 4
+    assert os.path.getsize(st.sessions.journal.path) < 1000
