@@ -145,7 +145,6 @@ def test_enable_disable_and_stop(be):
     be.status(lambda c: c["state"] == "Available", since=m)
 
 
-@pytest.mark.xfail(strict=True, reason="sessions: issue 8")
 def test_stop_by_session_id(be):
     m = be.mark()
     charging(be.st)

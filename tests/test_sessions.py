@@ -14,14 +14,21 @@ from fakes import Clock, FakeBoard, NoLink
 
 
 class Meter:
-    """A meter reading the sessions see (metering.meters[k]); `wh` accrues from `p_w`."""
+    """A meter reading the sessions see (metering.meters[k]). `live`: read afresh every
+    loop (ok_ms is now); else its last reading is as old as boot."""
 
-    def __init__(self, wh=100000, p_w=0):
+    def __init__(self, wh=100000, p_w=0, live=True):
         self.name = "fake"
         self.wh = wh
         self.p_w = p_w
         self.reading = None
+        self.live = live
+        self.clk = None
         self.read()
+
+    @property
+    def ok_ms(self):
+        return self.clk.now if self.live and self.clk is not None else None
 
     def read(self):
         self.reading = ([230.0] * 3, [0.0] * 3, self.p_w, self.wh, 50.0)
@@ -30,9 +37,10 @@ class Meter:
 def boot(path, connectors=1, meter=None, **cfg):
     board = FakeBoard(str(path), connectors=connectors)
     st = Station(board, overrides=cfg or None)
+    clk = Clock(st)
     if meter is not None:
         st.metering.meters[0] = meter
-    clk = Clock(st)
+        meter.clk = clk
     clk.run(50)
     return st, board, clk
 
@@ -62,7 +70,7 @@ def test_journal_counters_outbox_and_acks_survive_reload(tmp_path):
     store = Store(str(tmp_path))
     j = Journal(store)
     j.load()
-    for i in range(3):
+    for _ in range(3):
         sid = j.next_sid("evse-x")
         j.message({"event": "start", "sid": sid, "connector": 1})
         j.message({"event": "stop", "sid": sid, "connector": 1})
@@ -123,7 +131,7 @@ def test_compaction_keeps_counters_outbox_and_open_sessions(tmp_path):
     store = Store(str(tmp_path))
     j = Journal(store)
     j.load()
-    for i in range(40):
+    for _ in range(40):
         sid = j.next_sid("s")
         j.message({"event": "start", "sid": sid, "connector": 1, "pad": "x" * 300})
         j.message({"event": "stop", "sid": sid, "connector": 1})
@@ -288,14 +296,16 @@ def test_power_loss_closes_the_session_at_boot_with_the_meter_reading(tmp_path):
     board2 = FakeBoard(board.fs)
     st2 = Station(board2)
     st2.metering.meters[0] = m2
-    Clock(st2).run(100)
+    m2.clk = Clock(st2)
+    m2.clk.run(100)
     stop = messages(st2)[-1]
     assert stop["sid"] == sid and stop["reason"] == "PowerLoss"
     assert stop["meter_stop_wh"] == 1500 and stop["energy_wh"] == 500
     assert not stop["estimated"] and stop["duration_s"] >= 300
     assert st2.sessions.journal.seq == 2
     # and the next session gets new numbers
-    plug_and_charge(board2, Clock(st2))
+    plug_and_charge(board2, m2.clk)
+    assert st2.sessions.cur[0].sid.endswith("000002")
 
 
 def test_power_loss_without_meter_reading_is_estimated_after_meter_fail_s(tmp_path):
@@ -357,3 +367,29 @@ def test_journal_writes_per_session(tmp_path):
     st.sessions.on_ack(b'{"seq":2}')
     assert st.sessions.journal.writes - w0 == 4
     assert os.path.getsize(st.sessions.journal.path) < 1000
+
+
+def test_stop_reading_is_taken_after_the_contactor_opened(tmp_path):
+    """The energy stops with the current: the stop waits for the first reading after the
+    contactor opened (at most meter_fail_s, then the last one, estimated). Break: take the
+    last reading at once -> 1000 instead of 1007 below."""
+    m = Meter(wh=1000, live=False)
+    st, board, clk = boot(tmp_path, meter=m)
+    hal = plug_and_charge(board, clk)
+    hal.ev = "A"
+    clk.run(100)
+    assert st.sessions.journal.seq == 1  # the stop waits for a fresh reading
+    m.wh = 1007
+    m.read()
+    m.live = True
+    clk.run(10)
+    stop = messages(st)[-1]
+    assert stop["event"] == "stop" and stop["meter_stop_wh"] == 1007 and not stop["estimated"]
+    m.live = False
+    hal = plug_and_charge(board, clk)
+    hal.ev = "A"
+    clk.run(5000)
+    assert st.sessions.journal.seq == 3
+    clk.run(6000)
+    stop = messages(st)[-1]
+    assert stop["event"] == "stop" and stop["estimated"] and stop["meter_stop_wh"] == 1007

@@ -19,6 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from simflash import MeterMemory  # noqa: E402
+
 from simworld import World  # noqa: E402
 
 MAX_LINE = 65536  # a control request longer than this is garbage, not a request
@@ -47,6 +49,9 @@ class Runner:
         self._config_file = None
         self._lock = threading.Lock()
         os.makedirs(args.state_dir, exist_ok=True)
+        mem = MeterMemory(os.path.join(args.state_dir, "world-meter.json"))
+        mem.load(self.world.conns)
+        self.world.meter_memory = mem
         self.world.dns_mode = args.dns
         self.world.dns_delay_s = args.dns_delay_s
         self.world.ntp_answer = args.ntp == "ok"

@@ -103,6 +103,8 @@ class Line:
     def registers(self, conn):
         """SDM630 input registers (float32 big-endian) driven by the EV's draw."""
         conn.accrue(self.w.now())
+        if self.w.meter_memory is not None:
+            self.w.meter_memory.seen(conn.id, conn.energy_wh)
         return sdm630(conn.ev_i, sum(conn.ev_i) * VOLTS, int(conn.energy_wh) / 1000.0)
 
     def grid_registers(self):

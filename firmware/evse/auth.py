@@ -174,7 +174,7 @@ class Auth:
                                     "id_tag": id_tag}))
 
     def _timeout(self, p):
-        rid, id_tag, kind, k = p[0], p[1], p[2], p[3]
+        id_tag, kind, k = p[1], p[2], p[3]
         if len(self.late) >= _LATE_MAX:
             self.late.pop(0)
         self.late.append(p)
@@ -221,10 +221,13 @@ class Auth:
             return
         id_tag, kind, k = p[1], p[2], p[3]
         if self.list.lookup(id_tag) is None:
-            if status in ("Accepted", "Blocked", "Expired"):
-                self.cache.put(id_tag, status, expires, max_wh, group)
-            else:
-                self.cache.drop(id_tag)
+            try:
+                if status in ("Accepted", "Blocked", "Expired"):
+                    self.cache.put(id_tag, status, expires, max_wh, group)
+                else:
+                    self.cache.drop(id_tag)
+            except ValueError:
+                pass  # not cacheable (a far expiry, an odd group): used once, not kept
         ses = self.st.sessions
         if kind == _GROUP:
             for j, s in enumerate(ses.cur):
@@ -267,7 +270,7 @@ class Auth:
 
     def diag(self):
         return {"list_version": self.list.version, "list_entries": self.list.count,
-                "cache": len(self.cache), "pending": len(self.pending), "taps": self.taps,
+                "cache": self.cache.count, "pending": len(self.pending), "taps": self.taps,
                 "res_unknown": self.res_unknown, "online": self.online,
                 "reader": None if self.reader is None else (
                     "failed" if self.reader.failed else "ok")}

@@ -42,7 +42,8 @@ class BoardBase:
 
     # -- optional --------------------------------------------------------------------------
     uart = None  # the meter's RS-485 UART (machine.UART-like, non-blocking reads), or None
-    spi = None  # SPI bus of the RFID reader, or None
+    spi = None  # the RFID reader: (spi, cs_pin), machine.SPI-like (write_readinto) and its
+    #             NSS pin (called with 0 / 1); None: no reader (evse.rfid.Reader)
     net = None  # network: poll(now_ms, cfg) -> link up?, resolve(host) (blocking, called
     #             on the lookup thread), set_time(unix_s), ntp_port, diag() (docs/boards.md)
     meter_transport = None  # overrides config meter.transport (e.g. the sim's "tcp:H:P")
@@ -54,6 +55,10 @@ class BoardBase:
 
     def ready(self):
         """The first control-loop pass completed (LED on, confirm an OTA image)."""
+
+    def flash_write(self, f, data):
+        """Write data to an open flash file (the sim board models torn writes here)."""
+        f.write(data)
 
     def led(self, state):
         """Status LED, if any."""

@@ -77,7 +77,7 @@ class Journal:
         self.outbox = []
         self.open = {}
         acks = set()
-        msgs = []  # (seq, offset, event, connector, sid)
+        msgs = []  # (seq, offset)
         off = 0
         try:
             f = open(self.path, "rb")
@@ -96,7 +96,7 @@ class Journal:
                     self._replay(rec, off, acks, msgs)
                 off += len(line)
         self.size = off
-        for seq, o, ev, cid, sid, m, x in msgs:
+        for seq, o in msgs:
             if seq not in acks:
                 self.outbox.append([seq, o])
         if self.bad:
@@ -115,7 +115,7 @@ class Journal:
                 seq = m["seq"]
                 self._count(seq, m.get("sid"))
                 cid = m["connector"]
-                msgs.append((seq, off, m["event"], cid, m["sid"], None, None))
+                msgs.append((seq, off))
                 if m["event"] == "start":
                     self.open[cid] = {"m": m, "x": x, "c": None}
                 else:
@@ -152,7 +152,7 @@ class Journal:
     def _append(self, line):
         off = self.size
         with open(self.path, "ab") as f:
-            f.write(line)
+            self._store.write(f, line)
         # closed: on littlefs a file's new data is committed at close, not before
         self.size += len(line)
         self.writes += 1
@@ -224,14 +224,15 @@ class Journal:
         size = 0
         with open(tmp, "wb") as f:
             line = _line(b"H", json.dumps({"seq": self.seq, "sid": self.sid_n}))
-            f.write(line)
+            w = self._store.write
+            w(f, line)
             size = len(line)
             keep = set(e[0] for e in self.outbox)
             open_seqs = set()
             for o in self.open.values():
                 if o["m"]["seq"] not in keep:
                     line = _line(b"O", json.dumps(o))  # acknowledged, still running
-                    f.write(line)
+                    w(f, line)
                     size += len(line)
                 else:
                     open_seqs.add(o["m"]["seq"])
@@ -240,12 +241,12 @@ class Journal:
                 if p is None:
                     continue  # unreadable now: counted at the next boot
                 out.append([seq, size])
-                f.write(p)
+                w(f, p)
                 size += len(p)
             for o in self.open.values():
                 if o["m"]["seq"] in open_seqs and o["c"] is not None:
                     line = _line(b"C", json.dumps(o["c"]))
-                    f.write(line)
+                    w(f, line)
                     size += len(line)
         os.rename(tmp, self.path)
         self.outbox = out

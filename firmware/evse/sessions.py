@@ -10,7 +10,7 @@ at boot (the contactor opened with the power)."""
 import json
 
 from evse import tariff as tariffs
-from evse.compat import const
+from evse.compat import const, ticks_diff
 from evse.journal import Journal
 
 CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often
@@ -39,6 +39,7 @@ class Session:
         self.ck_s = up_s
         self.ck_key = None
         self.reading = None  # the meter reading last looked at (identity: fresh or not)
+        self.closing = None  # (reason, ticks when the contactor was open): stop record due
 
     def energy(self):
         if self.wh is None or self.meter_start is None:
@@ -105,8 +106,12 @@ class Sessions:
             s = self.cur[k]
             if s is None:
                 self._maybe_start(k, c, up)
+            elif s.closing is not None:
+                self._close(k, c, s, now, False)
             elif not c.authorized and not c.contactor:
-                self._close(k, c, s, up)
+                s.closing = (self._reason(k, c), now)
+                self._account(k, c, s, up)
+                self._close(k, c, s, now, False)
             else:
                 self._account(k, c, s, up)
         if self.lost:
@@ -231,20 +236,42 @@ class Sessions:
             return "EVDisconnected"
         return "Other"
 
-    def _close(self, k, c, s, up):
-        self._account(k, c, s, up)
+    def _close(self, k, c, s, now, final):
+        """The stop record, with the meter's first reading taken after the contactor
+        opened (the energy stops with the current, not at the last poll before): it waits
+        for that reading, at most meter_fail_s; then (or when final) the last one stands
+        in, marked estimated."""
+        st = self.st
+        m = st.metering.meters[k]
+        reason, t_open = s.closing
         estimated = False
-        r = self.st.metering.reading(k)
-        if c.meter_failed or (r is None and self.st.metering.meters[k] is not None):
-            estimated = True  # the last good reading stands in
-        reason = self._reason(k, c)
+        if m is not None:
+            if m.ok_ms is not None and ticks_diff(m.ok_ms, t_open) >= 0 and not c.meter_failed:
+                s.wh = m.reading[3]
+                if s.meter_start is None:
+                    s.meter_start = s.wh
+            elif final or c.meter_failed or \
+                    ticks_diff(now, t_open) > st.cfg["meter_fail_s"] * 1000:
+                estimated = True
+            else:
+                return
+        up = st.uptime.s
         self.cur[k] = None
         self.reason[k] = None
-        self._write_stop(s.sid, c.id, s.id_tag, s.start_ts, self.st.board.unix_time(),
+        self._write_stop(s.sid, c.id, s.id_tag, s.start_ts, st.board.unix_time(),
                          s.meter_start, s.wh, up - s.start_s, s.charging_s, s.idle_s,
                          reason, estimated, s.tariff)
         if self.on_stop is not None:
             self.on_stop(s, reason)
+
+    def finish(self, now, reason):
+        """Before a reset: every session ends now, with the best reading there is."""
+        for k, s in enumerate(self.cur):
+            if s is not None:
+                c = self.st.connectors[k]
+                if s.closing is None:
+                    s.closing = (self.reason[k] or reason, now)
+                self._close(k, c, s, now, True)
 
     def _write_stop(self, sid, cid, id_tag, start_ts, stop_ts, m0, m1, dur, cs, idle, reason,
                     estimated, tariff):

@@ -33,7 +33,7 @@ class Station:
         self.boot_ms = ticks_ms() if now is None else now
         self.uptime = Uptime(self.boot_ms)
         self.events = Events(log, clock=board.unix_time, uptime=self.uptime)
-        self.store = Store(board.fs)
+        self.store = Store(board.fs, board.flash_write)
         self.cfg = Config(self.store, self.events, overrides, pinned)
         self.limits = Limits()  # station scope: hardware, config, thermal, ...
         self.connectors = [
@@ -150,8 +150,14 @@ class Station:
     def reboot_due(self, now):
         if self.rebooting_ms is None:
             return False
+        waited = ticks_diff(now, self.rebooting_ms)
         for c in self.connectors:
-            if c.contactor and ticks_diff(now, self.rebooting_ms) < _REBOOT_WAIT_MS:
+            if c.contactor and waited < _REBOOT_WAIT_MS:
+                return False
+        # ... and for the stop records' meter readings (sessions.finish() takes the last
+        # one after this)
+        for s in self.sessions.cur:
+            if s is not None and waited < _REBOOT_WAIT_MS + 3000:
                 return False
         return True
 
@@ -159,6 +165,10 @@ class Station:
         """Reset the board (never returns): every contactor open, the pilot at +12 V."""
         for c in self.connectors:
             c.shutdown(now)
+        try:
+            self.sessions.finish(now, "Reboot")
+        except Exception as e:  # noqa: BLE001 - the reset goes ahead: PowerLoss at boot
+            self._internal_error(None, now, e)
         self.board.reset()
 
     def run(self, link=None):

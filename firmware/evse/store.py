@@ -7,8 +7,14 @@ import os
 class Store:
     """Files under one root; writes are atomic (temp file, flush, rename)."""
 
-    def __init__(self, root):
+    def __init__(self, root, write=None):
         self.root = root
+        if write is not None:
+            self.write = write  # the board's flash_write
+
+    @staticmethod
+    def write(f, data):
+        f.write(data)
 
     def path(self, name):
         return self.root + "/" + name
@@ -27,7 +33,7 @@ class Store:
         p = self.path(name)
         tmp = p + ".tmp"
         with open(tmp, "w") as f:
-            f.write(json.dumps(obj))
+            self.write(f, json.dumps(obj))
             f.flush()
         # rename over an existing file is atomic on POSIX and on LittleFS (ESP32's default).
         os.rename(tmp, p)
