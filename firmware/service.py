@@ -164,13 +164,34 @@ def outbox():
 
 
 def sessions(n=5):
-    """Recent sessions."""
-    _print("no sessions yet: this firmware charges in free mode without session records")
+    """Running sessions, then the last n session messages not yet acknowledged."""
+    st, _ = _parts()
+    ses = st.sessions
+    for k, s in enumerate(ses.cur):
+        if s is not None:
+            c = s.cost()
+            _print("c%d %s %s (%s) %d Wh %d s charging%s%s" % (
+                k + 1, s.sid, s.id_tag, s.auth, s.energy(), s.charging_s,
+                "" if c is None else ", %d millis" % c["total_millis"],
+                "" if s.closing is None else ", ending: " + s.closing[0]))
+    j = ses.journal
+    _print("outbox %d unacknowledged, seq %d, journal %d B" % (len(j.outbox), j.seq, j.size))
+    for _, off in j.outbox[-n:]:
+        p = j.payload(off)
+        _print(p.decode() if p is not None else "(unreadable)")
 
 
 def rfid():
-    """The card reader."""
-    _print("no RFID reader on this board")
+    """The card reader and the last card presented."""
+    st, _ = _parts()
+    a = st.auth
+    r = a.reader
+    if r is None:
+        _print("no RFID reader on this board")
+    else:
+        _print("reader %s" % ("FAILED (retrying)" if r.failed else "ok"))
+    _print("mode %s, local list v%d (%d entries), cache %d, last card %s" % (
+        st.cfg["auth_mode"], a.list.version, a.list.count, a.cache.count, a.last))
 
 
 def selftest():

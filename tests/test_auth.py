@@ -9,10 +9,10 @@ from evse.station import Station
 from fakes import Clock, FakeBoard, NoLink
 
 
-def boot(path, online=True, **cfg):
+def boot(path, online=True, connectors=1, **cfg):
     cfg.setdefault("auth_mode", "rfid+remote")
     path.mkdir(parents=True, exist_ok=True)
-    board = FakeBoard(str(path))
+    board = FakeBoard(str(path), connectors=connectors)
     st = Station(board, overrides=cfg)
     st.auth.online = online
     clk = Clock(st)
@@ -25,8 +25,8 @@ def cmd(st, name, **args):
     return Api(st, NoLink()).handle(json.dumps(args).encode())
 
 
-def plug(board, clk):
-    hal = board.connectors[0]
+def plug(board, clk, k=0):
+    hal = board.connectors[k]
     hal.ev = "B"
     clk.run(50)
     hal.ev = "C"
@@ -238,3 +238,22 @@ def test_auth_list_refused_whole_keeps_the_old_one(tmp_path):
     r = cmd(st, "auth_list", version=2, mode="diff",
             entries=[{"id_tag": "0BADC0DE", "status": None}])
     assert r["ok"] and r["data"] == {"version": 2, "entries": 3}
+
+
+def test_a_card_before_plug_in_goes_to_the_connector_the_ev_plugs_into(tmp_path):
+    """Two free connectors: the card is for whichever an EV plugs into first. Break: the
+    first free connector takes it -> connector 2's EV gets nothing."""
+    st, board, clk = boot(tmp_path, connectors=2)
+    assert cmd(st, "auth_list", version=1, mode="full", entries=LIST)["ok"]
+    for first, second in ((1, 0), (0, 1)):
+        st.auth.tap("04A1B2C3")
+        clk.run(2000)
+        hal = plug(board, clk, first)
+        s = st.sessions.cur[first]
+        assert s is not None and s.id_tag == "04A1B2C3", first
+        assert hal.contactor.on and st.sessions.cur[second] is None
+        plug(board, clk, second)
+        assert st.sessions.cur[second] is None  # one card, one session
+        for h in board.connectors:
+            h.ev = "A"
+        clk.run(200)

@@ -35,6 +35,7 @@ class Meter:
 
 
 def boot(path, connectors=1, meter=None, **cfg):
+    path.mkdir(parents=True, exist_ok=True)
     board = FakeBoard(str(path), connectors=connectors)
     st = Station(board, overrides=cfg or None)
     clk = Clock(st)
@@ -393,3 +394,19 @@ def test_stop_reading_is_taken_after_the_contactor_opened(tmp_path):
     clk.run(6000)
     stop = messages(st)[-1]
     assert stop["event"] == "stop" and stop["estimated"] and stop["meter_stop_wh"] == 1007
+
+
+def test_without_acknowledgements_plug_and_charge_never_stops(tmp_path, monkeypatch):
+    """session_ack off (or no broker): the newest records are kept, never a refusal.
+    Break: the outbox bound applied anyway -> the third session is refused."""
+    monkeypatch.setattr(journals, "OUTBOX_MAX", 4)
+    for cfg in ({"session_ack": False}, {"mqtt.host": ""}):
+        st, board, clk = boot(tmp_path / str(len(cfg)) / list(cfg)[0], meter=Meter(), **cfg)
+        hal = board.connectors[0]
+        for _ in range(4):
+            plug_and_charge(board, clk)
+            assert hal.contactor.on
+            hal.ev = "A"
+            clk.run(100)
+        j = st.sessions.journal
+        assert j.seq == 8 and [e[0] for e in j.outbox] == [7, 8]

@@ -237,12 +237,22 @@ class Api:
         ses = st.sessions
         if ses.cur[k] is not None:
             raise ApiError("busy", "connector %d has session %s" % (c.id, ses.cur[k].sid))
-        if ses.journal.full(2 + 2 * sum(1 for s in ses.cur if s is not None)):
+        if ses.full():
+            ses.refused += 1
             raise ApiError("busy", "session outbox full: waiting for acknowledgements")
         ses.authorize(k, tag, "remote", None, caps)
         return {"connection_timeout_s": st.cfg["connection_timeout_s"]}
 
     def cmd_set_tariff(self, args, now):
+        if "currency" in args and args["currency"] is None and len(args) == 3:
+            # {"currency": null} alone: no tariff any more (sessions carry no cost)
+            try:
+                tariffs.clear(self.st.store)
+            except OSError as e:
+                raise ApiError("storage", "could not save: %r" % (e,)) from None
+            self.st.sessions.tariff = None
+            self.st.events.add("info", "TariffChanged", 0, "none")
+            return None
         obj = {}
         for k in args:
             if k not in ("rid", "cmd"):
@@ -301,6 +311,8 @@ class Api:
             k = ses.find(sid)
             if k is None:
                 raise ApiError("not_found", "no session %s" % sid)
+            if ses.cur[k].closing is not None:
+                raise ApiError("not_allowed", "session %s is ending" % sid)
             ses.stop(k, "Remote")
             return {"sid": sid}
         _, conns = self._scope(args, allow_station=False)
@@ -308,6 +320,8 @@ class Api:
         k = c.id - 1
         s = ses.cur[k]
         if s is not None:
+            if s.closing is not None:
+                raise ApiError("not_allowed", "session %s is ending" % s.sid)
             ses.stop(k, "Remote")
             return {"sid": s.sid}
         if ses.grant[k] is not None:

@@ -9,9 +9,11 @@ backend's word (from the cache, or offline) is checked with the backend once it 
 a late Invalid answer stops the session (DeAuthorized, auth.stop_on_invalid)."""
 
 import json
+from os import urandom
 
 from evse.authlist import Cache, LocalList
 from evse.compat import const
+from evse.report import dumps
 
 _PENDING_MAX = const(8)  # requests in flight; more taps than this wait for the next ones
 _LATE_MAX = const(8)  # timed-out requests whose late answer still counts
@@ -35,6 +37,7 @@ class Auth:
         self.cache = Cache(station.store)
         self.online = False
         self._rid = 0
+        self._boot = "a%04x-" % (int.from_bytes(urandom(2), "little"))
         self.pending = []  # [rid, id_tag, kind, connector index, until uptime s]
         self.late = []  # pending entries that timed out: a late answer still counts
         self.out = []  # auth/req payloads waiting for the link
@@ -99,17 +102,20 @@ class Auth:
 
     def _target(self):
         """The connector a card is for: one whose EV waits (plugged in, not authorized),
-        else the first free one (the EV may plug in within connection_timeout_s)."""
+        else a free one; with several free, len(connectors): whichever an EV plugs into
+        first within connection_timeout_s. None: no connector is free."""
         ses = self.st.sessions
         free = None
+        n = 0
         for k, c in enumerate(self.st.connectors):
             if ses.cur[k] is not None or not c.enabled or c.fault is not None:
                 continue
             if c.cp in ("B", "C", "D") and not c.authorized:
                 return k
-            if free is None and c.cp == "A" and ses.grant[k] is None:
+            if c.cp == "A" and ses.grant[k] is None:
                 free = k
-        return free
+                n += 1
+        return free if n < 2 else len(self.st.connectors)
 
     def _decide(self, id_tag, k):
         cfg = self.st.cfg
@@ -124,10 +130,14 @@ class Auth:
                 self._result(id_tag, status if status != "Accepted" else "Offline", k)
             return
         e = self.cache.get(id_tag, now_u)
-        if e is not None and e[0] == "Accepted" and local:
+        if e is not None and e[0] == "Accepted":
+            if not local:
+                self._result(id_tag, "Offline", k)
+                return
             self._grant(k, id_tag, "cache", e[3], (e[2], None, None))
-            if self.online:
-                self._ask(id_tag, _VERIFY, k)
+            # OCPP LocalPreAuthorize: started at once, confirmed with the backend (offline:
+            # once the link is back); a later invalid answer stops it.
+            self._ask(id_tag, _VERIFY, k)
             return
         if self.online:
             self._ask(id_tag, _TAP, k)
@@ -147,21 +157,26 @@ class Auth:
 
     def _grant(self, k, id_tag, how, group, caps):
         self._result(id_tag, "Accepted", k)
-        self.st.sessions.authorize(k, id_tag, how, group, caps)
+        ses = self.st.sessions
+        ses.authorize(k if k < len(ses.cur) else None, id_tag, how, group, caps)
 
     def _result(self, id_tag, result, k, detail=None):
         self.last = (id_tag, result)
-        cid = k + 1 if k >= 0 else 0
+        cid = k + 1 if 0 <= k < len(self.st.connectors) else 0
         if result in ("Accepted", "Stop"):
             return  # the session message is the record
-        level = "info" if result == "Ignored" else "warn"
-        code = "TagIgnored" if result == "Ignored" else "AuthRefused"
-        self.st.events.add(level, code, cid, "%s %s" % (id_tag, detail or result))
+        what = "%s %s" % (id_tag, detail or result)
+        if result == "Ignored":
+            self.st.events.add("info", "TagIgnored", cid, what)
+        else:
+            self.st.events.add("warn", "AuthRefused", cid, what)
 
     # -- the backend ------------------------------------------------------------------------
     def _ask(self, id_tag, kind, k):
         self._rid += 1
-        rid = "a%d" % self._rid
+        # The boot's own prefix: an answer meant for a request from before a reboot never
+        # matches a new one.
+        rid = "%s%d" % (self._boot, self._rid)
         if len(self.pending) >= _PENDING_MAX:
             self.pending.pop(0)
         if len(self.out) >= _PENDING_MAX:
@@ -170,8 +185,8 @@ class Auth:
         # A verification waits for the link however long: it is sent when the link is back.
         until = self.st.uptime.s + timeout if kind != _VERIFY else 1 << 30
         self.pending.append([rid, id_tag, kind, k, until])
-        self.out.append(json.dumps({"rid": rid, "connector": k + 1 if k >= 0 else 0,
-                                    "id_tag": id_tag}))
+        self.out.append(dumps({"rid": rid, "id_tag": id_tag,
+                               "connector": k + 1 if 0 <= k < len(self.st.connectors) else 0}))
 
     def _timeout(self, p):
         id_tag, kind, k = p[1], p[2], p[3]
@@ -179,7 +194,7 @@ class Auth:
             self.late.pop(0)
         self.late.append(p)
         if kind == _TAP:
-            self.st.events.add("warn", "AuthTimeout", k + 1,
+            self.st.events.add("warn", "AuthTimeout", k + 1 if k < len(self.st.connectors) else 0,
                                "%s: no answer in %d s" % (id_tag, self.st.cfg["auth_timeout_s"]))
             if self._target() == k:
                 self._offline(id_tag, k, self.cache.get(id_tag, self.st.board.unix_time()))
@@ -239,9 +254,13 @@ class Auth:
             return
         if kind == _TAP and not late:
             if status == "Accepted":
-                if self._target() == k or (k is not None and ses.grant[k] is None
-                                           and ses.cur[k] is None):
-                    self._grant(k, id_tag, "backend", group, (max_wh, max_cost, None))
+                n = len(ses.cur)
+                if k < n and ses.cur[k] is None and ses.grant[k] is None:
+                    use = k  # still free (an EV may be waiting on it)
+                else:
+                    use = self._target()
+                if use is not None:
+                    self._grant(use, id_tag, "backend", group, (max_wh, max_cost, None))
             else:
                 self._result(id_tag, status, k)
             return
@@ -268,7 +287,8 @@ class Auth:
             if p[2] == _VERIFY and p[1] == s.id_tag:
                 self.pending.remove(p)
 
-    def diag(self):
+    def figures(self):
+        """diag.auth"""
         return {"list_version": self.list.version, "list_entries": self.list.count,
                 "cache": self.cache.count, "pending": len(self.pending), "taps": self.taps,
                 "res_unknown": self.res_unknown, "online": self.online,

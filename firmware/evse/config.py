@@ -34,6 +34,7 @@ SCHEMA = (
     ("auth.offline_local", bool, True, 0, 0, 0),
     ("auth.offline_unknown", bool, False, 0, 0, 0),
     ("auth.stop_on_invalid", bool, True, 0, 0, 0),
+    ("session_ack", bool, True, 0, 0, 0),
     ("ventilation", bool, False, 0, 0, 0),
     ("socket", bool, False, 0, 0, 0),
     ("thermal.derate_c", float, 60.0, 20.0, 120.0, 0),

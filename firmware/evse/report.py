@@ -131,8 +131,8 @@ def diag(st, link, now):
         "contactor_cycles": [c.cycles for c in st.connectors],
         "grid": grid_diag(st),
         "orders_writes": st.orders.writes,
-        "sessions": st.sessions.diag(),
-        "auth": st.auth.diag() if st.auth is not None else None,
+        "sessions": st.sessions.figures(),
+        "auth": st.auth.figures(),
     }
 
 

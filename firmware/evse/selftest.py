@@ -176,6 +176,12 @@ class SelfTest:
             else:
                 self._fail("meter c%d" % c.id, "%s @%d: no reading (%d errors)" % (
                     meter.name, meter.slave, meter.errors))
-        # 5. RFID reader: none on the boards so far.
-        self._line("SKIP", "RFID reader", "no reader on this board")
+        # 5. RFID reader: set up and answering (it retries by itself when not).
+        r = st.auth.reader
+        if r is None:
+            self._line("SKIP", "RFID reader", "no reader on this board")
+        elif r.failed:
+            self._fail("RFID reader", "not answering: %s" % r.detail)
+        else:
+            self._line("PASS", "RFID reader", "answering")
         self._end()

@@ -13,7 +13,8 @@ from evse import tariff as tariffs
 from evse.compat import const, ticks_diff
 from evse.journal import Journal
 
-CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often
+CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often ...
+CHECKPOINT_IDLE_S = const(1800)  # ... when they changed, else this often (a parked EV)
 _IDLE_W = const(100)  # below this the EV is taken as drawing nothing
 _RESEND_S = const(300)  # unacknowledged messages go out again this often while connected
 _FAULT_REASON = {"GroundFailure": "GroundFault", "OverCurrentFailure": "OvercurrentFault"}
@@ -66,6 +67,7 @@ class Sessions:
             station.events.add("error", "TariffCorrupt", 0, "tariff file unreadable: no prices")
         self.cur = [None] * n
         self.grant = [None] * n  # (id_tag, auth, group, caps, until_s): waits for a plug-in
+        self.grant_any = None  # the same, for whichever connector an EV plugs into first
         self.reason = [None] * n  # why a running session is being stopped
         # Open at the cut: stopped once the meter can be read (or meter_fail_s has passed).
         self.lost = list(self.journal.open.items())
@@ -79,11 +81,31 @@ class Sessions:
 
     # -- control ----------------------------------------------------------------------------
     def authorize(self, k, id_tag, auth, group=None, caps=(None, None, None)):
-        """Let connector k+1 charge for id_tag: at once if an EV is plugged in, else when
-        one is within connection_timeout_s."""
+        """Let connector k+1 (k None: the first one an EV plugs into) charge for id_tag:
+        at once if an EV is plugged in, else when one is within connection_timeout_s."""
         st = self.st
-        self.grant[k] = (id_tag, auth, group, caps,
-                         st.uptime.s + st.cfg["connection_timeout_s"])
+        g = (id_tag, auth, group, caps, st.uptime.s + st.cfg["connection_timeout_s"])
+        if k is None:
+            self.grant_any = g
+        else:
+            self.grant[k] = g
+
+    def acked(self):
+        """Whether session messages wait for the backend's acknowledgement: not without a
+        broker, nor when session_ack is off (a backend that never acknowledges)."""
+        cfg = self.st.cfg
+        return cfg["session_ack"] and bool(cfg["mqtt.host"])
+
+    def full(self):
+        """No room for one more session's start and stop besides the stops of those
+        running: no new session may start."""
+        if not self.acked():
+            return False
+        n = 2
+        for s in self.cur:
+            if s is not None:
+                n += 2
+        return self.journal.full(n)
 
     def stop(self, k, reason):
         """End the session on connector k+1 the IEC way; the record follows when the
@@ -116,10 +138,19 @@ class Sessions:
                 self._account(k, c, s, up)
         if self.lost:
             self._power_loss(up)
+        g = self.grant_any
+        if g is not None and up > g[4]:
+            self.grant_any = None
+            st.events.add("info", "AuthorizationExpired", 0,
+                          "no EV plugged in within connection_timeout_s")
         j = self.journal
-        if j.due(any(c.contactor for c in st.connectors)):
-            j.compact()
-            self._cursor = min(self._cursor, len(j.outbox))
+        if j.size >= 16384:  # (cheap test first: nothing allocated in the usual loop)
+            loaded = False
+            for c in st.connectors:
+                loaded = loaded or c.contactor
+            if j.due(loaded):
+                j.compact()
+                self._cursor = min(self._cursor, len(j.outbox))
 
     def _maybe_start(self, k, c, up):
         g = self.grant[k]
@@ -128,16 +159,22 @@ class Sessions:
             g = None
             self.st.events.add("info", "AuthorizationExpired", c.id,
                                "no EV plugged in within connection_timeout_s")
-        j = self.journal
-        # Room for this start and stop, and for the stop of every running session.
-        full = j.full(2 + 2 * sum(1 for s in self.cur if s is not None))
+        full = self.full()
         if not full:
             self._full = False
         # No new session while the outbox is full or the session the power cut ended is not
         # closed yet; a free-mode connector must not authorize itself meanwhile.
-        c.blocked = full or any(e[0] == c.id for e in self.lost)
+        blocked = full
+        if self.lost:
+            for e in self.lost:
+                blocked = blocked or e[0] == c.id
+        c.blocked = blocked
         if c.cp not in ("B", "C", "D") or not c.enabled or c.fault is not None or c.halted:
             return
+        if g is None and not c.authorized and self.grant_any is not None:
+            g = self.grant_any  # a card presented before any EV was plugged in
+            self.grant_any = None
+            self.grant[k] = g
         free = self.st.cfg["auth_mode"] == "free" and not c.finished
         if g is None and not c.authorized and not (free and c.blocked):
             return  # nobody asks for a session
@@ -148,7 +185,7 @@ class Sessions:
                 self.refused += 1
                 self.st.events.add("error", "OutboxFull", c.id,
                                    "%d unacknowledged session messages: no new session"
-                                   % len(j.outbox))
+                                   % len(self.journal.outbox))
             return
         if g is None:
             g = (None, "free", None, (None, None, None), 0)  # plug and charge
@@ -172,6 +209,7 @@ class Sessions:
         m = {"event": "start", "sid": sid, "connector": c.id, "id_tag": id_tag, "auth": auth,
              "start_ts": s.start_ts, "meter_start_wh": wh}
         self.journal.message(m, {"t": s.tariff, "g": group})
+        self._trim()
 
     def _account(self, k, c, s, up):
         """Per loop: a fresh meter reading is checked against the caps at once; times
@@ -200,10 +238,10 @@ class Sessions:
         elif s.max_cost is not None and s.tariff is not None:
             self._cost_cap(k, s, 0)
         if up - s.ck_s >= CHECKPOINT_S:
-            s.ck_s = up
-            key = (s.wh, s.charging_s, s.idle_s)
-            if key != s.ck_key:
+            key = (s.wh or 0) + s.charging_s  # both only grow: a sum detects a change
+            if key != s.ck_key or up - s.ck_s >= CHECKPOINT_IDLE_S:
                 s.ck_key = key
+                s.ck_s = up
                 self.journal.checkpoint(c.id, {"sid": s.sid, "wh": s.wh, "d": up - s.start_s,
                                                 "cs": s.charging_s, "i": s.idle_s,
                                                 "ts": self.st.board.unix_time()})
@@ -283,6 +321,15 @@ class Sessions:
         if tariff is not None:
             m["cost"] = tariffs.cost(tariff, energy, cs, idle)
         self.journal.message(m)
+        self._trim()
+
+    def _trim(self):
+        """Nobody acknowledges (no broker, or session_ack off): the newest records are
+        kept, up to half the outbox (still sent after each connect), the oldest let go."""
+        j = self.journal
+        if not self.acked():
+            while len(j.outbox) > j.OUTBOX_MAX // 2:
+                j.ack(j.outbox[0][0])
 
     def _power_loss(self, up):
         """Sessions the power cut ended: closed with the meter's reading at boot."""
@@ -349,7 +396,8 @@ class Sessions:
             self.acks_dup += 1
         return res
 
-    def diag(self):
+    def figures(self):
+        """diag.sessions"""
         j = self.journal
         return {"outbox": len(j.outbox), "seq": j.seq, "open": sum(
             1 for s in self.cur if s is not None), "acks": j.acked, "acks_bad": self.acks_bad,

@@ -119,6 +119,17 @@ def load(store):
         return None, True
 
 
+def clear(store):
+    """No tariff any more: the file goes (an absent file is no tariff)."""
+    import os
+
+    try:
+        os.remove(store.path(FILE))
+    except OSError:
+        if store.read_json(FILE) is not None:
+            raise
+
+
 def save(store, tariff):
     """Atomic write of the (re-validated) tariff; OSError if the flash write fails."""
     store.write_json(FILE, parse(tariff))
