@@ -410,3 +410,25 @@ def test_without_acknowledgements_plug_and_charge_never_stops(tmp_path, monkeypa
             clk.run(100)
         j = st.sessions.journal
         assert j.seq == 8 and [e[0] for e in j.outbox] == [7, 8]
+
+
+def test_an_ev_drawing_over_the_offer_is_stopped_overcurrentfault(tmp_path):
+    """Over the offer + 5 A for more than 6 s (IEC's 5 s to follow, plus a poll): contactor
+    open, OverCurrentFailure, the session stops with OvercurrentFault. Within 5 s, or within
+    the margin, nothing. Break: no over-current check -> the EV charges on."""
+    m = Meter(wh=0, p_w=11000)
+    st, board, clk = boot(tmp_path, meter=m)
+    hal = plug_and_charge(board, clk)
+    c = st.connectors[0]
+    assert c.offered_a == 32.0
+    m.reading = ([230.0] * 3, [36.5, 36.5, 36.5], 25000, 0, 50.0)  # within 32 + 5 A
+    clk.run(10_000)
+    assert hal.contactor.on and c.fault is None
+    m.reading = ([230.0] * 3, [37.5, 30.0, 30.0], 25000, 0, 50.0)  # over on one phase
+    clk.run(5500)
+    assert hal.contactor.on and c.fault is None  # the EV may take its 5 s
+    clk.run(1000)
+    assert not hal.contactor.on and c.fault == "OverCurrentFailure"
+    clk.run(100)
+    stop = messages(st)[-1]
+    assert stop["event"] == "stop" and stop["reason"] == "OvercurrentFault"

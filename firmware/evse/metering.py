@@ -2,9 +2,14 @@
 a meter that stops answering (billing is impossible without it)."""
 
 from evse.compat import age_cap, const, ticks_diff, ticks_us
+from evse.connector import CLEAR_UNPLUG, OUT_PWM
 
 # A dead grid meter is asked at most this often, so the connector meters keep the line.
 _GRID_BACKOFF_MS = const(16000)
+# An EV drawing more than offered: over by OVER_A on any phase (OpenEVSE's margin) for
+# longer than IEC 61851-1 gives an EV to follow a lower duty (5 s), plus one meter poll.
+OVER_A = 5.0
+OVER_MS = const(6000)
 
 
 class Metering:
@@ -21,6 +26,7 @@ class Metering:
         self.on_grid = None  # (i[3] signed, ttl_s) -> None: the balancer's input
         self._grid_ms = None  # the grid reading last handed on
         self.plug_start_wh = [None] * len(connectors)  # register at plug-in
+        self._over_ms = [None] * len(connectors)  # first reading over the offered current
         self._since_ms = None
         try:
             self._build(board)
@@ -90,6 +96,7 @@ class Metering:
         """Drive the bus, then judge each meter: meter_fail_s without a valid reading is a
         PowerMeterFailure; with meter_loss=suspend that connector stops charging until the
         meter answers again."""
+        self._overcurrent(now)
         if self.bus is None:
             return
         self.bus.step(ticks_us())
@@ -130,6 +137,26 @@ class Metering:
                 c.limits.set("meter", 0.0)
             else:
                 c.limits.clear("meter")
+
+    def _overcurrent(self, now):
+        """Over-current: contactor open, OverCurrentFailure until unplugged."""
+        for k, m in enumerate(self.meters):
+            if m is None:
+                continue
+            c = self._conns[k]
+            r = m.reading
+            t = m.ok_ms
+            if r is None or t is None or not c.contactor or c.out != OUT_PWM \
+                    or c.fault is not None or max(r[1]) <= c.offered_a + OVER_A:
+                self._over_ms[k] = None
+                continue
+            since = self._over_ms[k]
+            if since is None:
+                self._over_ms[k] = t
+            elif ticks_diff(t, since) >= OVER_MS:
+                self._over_ms[k] = None
+                c.set_fault("OverCurrentFailure", CLEAR_UNPLUG, now,
+                            "EV drew %.1f A, %.1f A offered" % (max(r[1]), c.offered_a))
 
     @staticmethod
     def _signed(r):
