@@ -53,11 +53,15 @@ class Auth:
             uid = r.poll(now)
             if uid is not None:
                 self.tap(uid)
-        if self.pending:
+        pend = self.pending
+        if pend:
             up = self.st.uptime.s
-            for p in self.pending[:]:
+            i = len(pend)
+            while i:  # (no copy of the list: a confirmation may wait for hours)
+                i -= 1
+                p = pend[i]
                 if up >= p[4]:
-                    self.pending.remove(p)
+                    pend.pop(i)
                     self._timeout(p)
 
     def publish(self, send):

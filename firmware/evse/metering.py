@@ -140,7 +140,9 @@ class Metering:
 
     def _overcurrent(self, now):
         """Over-current: contactor open, OverCurrentFailure until unplugged."""
-        for k, m in enumerate(self.meters):
+        meters = self.meters
+        for k in range(len(meters)):  # (no enumerate object: this runs every loop)
+            m = meters[k]
             if m is None:
                 continue
             c = self._conns[k]

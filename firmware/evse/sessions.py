@@ -124,7 +124,9 @@ class Sessions:
     def step(self, now):
         st = self.st
         up = st.uptime.s
-        for k, c in enumerate(st.connectors):
+        conns = st.connectors
+        for k in range(len(conns)):  # (no enumerate object: this runs every loop)
+            c = conns[k]
             s = self.cur[k]
             if s is None:
                 self._maybe_start(k, c, up)
