@@ -257,3 +257,17 @@ def test_a_card_before_plug_in_goes_to_the_connector_the_ev_plugs_into(tmp_path)
         for h in board.connectors:
             h.ev = "A"
         clk.run(200)
+
+
+def test_stop_on_invalid_off_lets_the_session_go_on(tmp_path):
+    st, board, clk = boot(tmp_path, auth_timeout_s=2,
+                          **{"auth.offline_unknown": True, "auth.stop_on_invalid": False})
+    hal = plug(board, clk)
+    st.auth.tap("99999999")
+    rid = requests(st)[-1]["rid"]
+    clk.run(3000)
+    assert session(st).auth == "offline" and hal.contactor.on
+    answer(st, rid, "Invalid")
+    clk.run(1000)
+    assert hal.contactor.on and st.sessions.reason[0] is None
+    assert ("AuthRefused", "99999999 Invalid") in codes(st)

@@ -432,3 +432,50 @@ def test_an_ev_drawing_over_the_offer_is_stopped_overcurrentfault(tmp_path):
     clk.run(100)
     stop = messages(st)[-1]
     assert stop["event"] == "stop" and stop["reason"] == "OvercurrentFault"
+
+
+def test_cost_cap_stops_out_of_credit_and_the_start_tariff_applies(tmp_path):
+    """max_cost_millis: LocalOutOfCredit once the running cost (with the next poll's energy)
+    reaches the cap. A tariff changed during the session does not apply to it. Break: the
+    session takes the new tariff -> its cost is computed at 70000 millis/kWh."""
+    m = Meter(wh=0, p_w=3600)
+    st, board, clk = boot(tmp_path, meter=m, auth_mode="remote")
+    assert cmd(st, "set_tariff", currency="EUR", energy_millis_per_kwh=35000,
+               fee_millis=1000)["ok"]
+    assert cmd(st, "start", connector=1, id_tag="APP", max_cost_millis=2000)["ok"]
+    hal = plug_and_charge(board, clk)
+    assert cmd(st, "set_tariff", currency="EUR", energy_millis_per_kwh=70000)["ok"]
+    for _ in range(100):  # 1 Wh a second: 35 millis a second at the session's tariff
+        m.wh += 1
+        m.read()
+        clk.run(1000)
+        if hal.pilot.mode != "pwm":
+            break
+    assert hal.pilot.mode == "+12"
+    hal.ev = "B"
+    clk.run(100)
+    stop = messages(st)[-1]
+    assert stop["reason"] == "LocalOutOfCredit"
+    # 1000 fee + 35 per Wh reaches 2000 at 28.6 Wh: stopped at the reading before
+    assert stop["energy_wh"] == 28, stop
+    assert stop["cost"]["energy_millis"] == (28 * 35000 + 500) // 1000 == 980
+    assert stop["cost"]["total_millis"] == 1980 <= 2000
+
+
+def test_idle_time_is_billed_beyond_the_grace(tmp_path):
+    """Idle: current offered, the EV draws nothing, after it drew. Break: idle counted while
+    the EV draws -> idle_s near the whole session."""
+    m = Meter(wh=0, p_w=7000)
+    st, board, clk = boot(tmp_path, meter=m)
+    assert cmd(st, "set_tariff", currency="EUR", idle_millis_per_h=3600,
+               idle_grace_s=10)["ok"]
+    hal = plug_and_charge(board, clk)
+    clk.run(20_000)  # drawing: not idle
+    m.p_w = 0
+    m.read()
+    clk.run(30_000)  # the EV is full and stays plugged in
+    hal.ev = "A"
+    clk.run(100)
+    stop = messages(st)[-1]
+    assert 29 <= stop["idle_s"] <= 31, stop
+    assert stop["cost"]["idle_millis"] == stop["idle_s"] - 10  # 1 milli per s beyond grace

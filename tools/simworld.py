@@ -1,4 +1,5 @@
-"""The physical world around a simulated charger: EV, cable, contactor, RCD, meter, clock.
+"""The physical world around a simulated charger: EV, cable, contactor, RCD, meter, clock,
+the RFID reader and the cards on it (tools/simrfid.py).
 
 Every change is applied under one lock and stamped with the monotonic microsecond clock at
 the moment it happens here (a firmware command arriving, a control op, or a delayed physical
@@ -9,6 +10,8 @@ import math
 import random
 import threading
 import time
+
+from simflash import Flash, power_cut
 
 CONTACTOR_DELAY_S = 0.015  # mechanical: coil energised -> contacts (and mirror) follow
 VOLTAGE_V = 230.0
@@ -421,6 +424,7 @@ class Conn:
         self.settle(t)
 
 
+MAX_CARDS = 8  # cards in the reader's field at once (tap uids)
 DNS_MODES = ("ok", "slow", "dead")
 DNS_ERR_FAIL = -202  # what the ESP32's getaddrinfo raises when the DNS server is silent
 DNS_ERR_NONAME = -2  # ... and for a name that does not exist
@@ -455,7 +459,10 @@ class World:
                    "bounce_ms": 3.0, "rcd_transient_ms": 8.0, "input_glitches": 0.0,
                    # A PWM generator off by this many percentage points (a drifting
                    # timer): the pin and the CP follow it; the self-test measures it.
-                   "duty_error": 0.0}
+                   "duty_error": 0.0,
+                   # RFID: the share of the cards' reply frames with a bit error (half of
+                   # them caught by the byte parity, the rest only by BCC and CRC_A).
+                   "rfid_noise": 0.0}
         self.mirror_bounce_reads = 0  # reads that caught the mirror contact mid-bounce
         self.rcd_transient_reads = 0  # RCD reads that caught a switching transient
         self.input_glitches = 0  # reads flipped by input_glitches
@@ -467,7 +474,11 @@ class World:
         self.grid_faults = {"meter_down": False, "meter_garbage": False}
         self.meter_speed = 1.0
         self.energy_t = {}
-        self.card = None  # (uid, until_us)
+        # The RFID reader on the board's SPI bus and the cards in its field (tap).
+        from simrfid import Mfrc522
+
+        self.rfid = Mfrc522(clock=now_us, rng=random.Random(11))
+        self.rfid.on_event = lambda t, what, uid: self.event(t, what, uid, 0)
         # Watchdog: armed by the firmware, fed every loop; the runner resets on expiry.
         self.wdt_timeout_us = None
         self.wdt_fed_us = None
@@ -483,6 +494,8 @@ class World:
         from simmeter import Line
 
         self.line = Line(self)
+        self.flash = Flash()
+        self.meter_memory = None  # simflash.MeterMemory: the register survives a power cut
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -509,8 +522,7 @@ class World:
             while not self._stop:
                 t = now_us()
                 nxt = None
-                for c in self.conns.values():
-                    n = c.due(t)
+                for n in [c.due(t) for c in self.conns.values()] + [self.rfid.due(t)]:
                     if n is not None and (nxt is None or n < nxt):
                         nxt = n
                 if self.wdt_timeout_us is not None and self.wdt_fed_us is not None:
@@ -601,6 +613,15 @@ class World:
             if op == "C":
                 self.event(t, "clock", int(f[1]), 0)  # the firmware set its clock (NTP)
                 return None
+            if op in ("R", "r"):
+                # One SPI exchange with the reader while NSS is low (R: NSS just fell).
+                self.rfid.due(t)
+                got = self.rfid.spi(bytes.fromhex(f[1]) if len(f) > 1 else b"", op == "R", t)
+                return got.hex() + "\n"
+            if op == "F":
+                return "%d\n" % self.flash.allow(int(f[1]))  # tools/simflash.py
+            if op == "PC":
+                power_cut()
             if op == "W":
                 self.wdt_timeout_us = int(f[1]) * 1000
                 self.wdt_fed_us = t
@@ -650,6 +671,7 @@ class World:
             t = now_us()
             for c in self.conns.values():
                 c.due(t)
+            self.rfid.due(t)
             out = fn(req, t) or {}
         out["ok"] = True
         return out
@@ -687,23 +709,58 @@ class World:
         c.settle(t)
 
     def op_tap(self, req, t):
-        uid = req.get("uid")
-        if not isinstance(uid, str) or len(uid) not in (8, 14, 20):
-            raise ValueError("uid must be 8, 14 or 20 hex characters")
-        try:
-            bytes.fromhex(uid)
-        except ValueError:
-            raise ValueError("uid must be hex") from None
+        """A card (`uid`) or several at once (`uids`) lie on the reader for hold_s; with
+        `frames` each card hears that many reader frames and is gone before the next one
+        (swiped past: a read cut short)."""
+        if ("uid" in req) == ("uids" in req):
+            raise ValueError("give uid or uids (a list)")
+        uids = [req["uid"]] if "uid" in req else req["uids"]
+        if not isinstance(uids, list) or not 1 <= len(uids) <= MAX_CARDS:
+            raise ValueError("uids must be a list of 1 to %d UIDs" % MAX_CARDS)
+        cards = []
+        for uid in uids:
+            if not isinstance(uid, str) or len(uid) not in (8, 14, 20):
+                raise ValueError("uid must be 8, 14 or 20 hex characters")
+            try:
+                b = bytes.fromhex(uid)
+            except ValueError:
+                raise ValueError("uid must be hex") from None
+            # ISO/IEC 14443-3: the cascade tag 0x88 never starts a single UID or a double
+            # UID's second level (a reader would take it for a longer UID).
+            if (len(b) == 4 and b[0] == 0x88) or (len(b) == 7 and b[3] == 0x88):
+                raise ValueError("uid must not have the cascade tag 88 where a level starts")
+            cards.append(b)
+        if len({c for c in cards}) != len(cards):
+            raise ValueError("uids must be different")
         hold = req.get("hold_s", 1.0)
         if not _num(hold, 0, 3600) or hold == 0:
             raise ValueError("hold_s must be a number of seconds in (0, 3600]")
-        self.card = (uid.upper(), t + int(hold * 1e6))
-        self.event(t, "tap", uid.upper(), 0)
+        frames = req.get("frames")
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
+                                   or not 0 <= frames <= 1000):
+            raise ValueError("frames must be an integer from 0 to 1000")
+        for b in cards:
+            self.rfid.place(b, until_us=t + int(hold * 1e6), frames=frames)
+            self.event(t, "tap", b.hex().upper(), 0)
+        self.wake()  # the world's thread takes them out of the field when hold_s is up
 
     def op_fault(self, req, t):
         kind = req.get("kind")
         if kind in HW_FAULTS:
             return self._hw_fault(kind, req, t)
+        if kind == "reader_down":
+            # Station-wide: the reader's chip stops answering; MISO, undriven, reads `miso`
+            # (0: the DevKitC's GPIO19 has no pull-up; 255 on a MISO with a pull-up). Back
+            # on: the chip powers up again from reset, as after a reconnected cable.
+            on = req.get("on", True)
+            miso = req.get("miso", 0)
+            if not isinstance(on, bool):
+                raise ValueError("on must be a boolean")
+            if miso not in (0, 255) or isinstance(miso, bool):
+                raise ValueError("miso must be 0 or 255")
+            self.rfid.set_down(on, miso)
+            self.event(t, "fault", {"kind": kind, "on": on}, 0)
+            return None
         if kind in ("grid_meter_down", "grid_meter_garbage"):
             on = req.get("on", True)
             if not isinstance(on, bool):
@@ -759,6 +816,7 @@ class World:
             "rcd_transient_ms": lambda v: 0 <= v <= 100,
             "input_glitches": lambda v: 0 <= v <= 0.5,
             "duty_error": lambda v: -50 <= v <= 50,
+            "rfid_noise": lambda v: 0 <= v <= 0.5,
         }
         new = {}
         for k, ok in checks.items():
@@ -776,6 +834,7 @@ class World:
                 raise ValueError("seed must be an integer")
             self.rng.seed(req["seed"])
         self.hw.update(new)
+        self.rfid.noise = self.hw["rfid_noise"]
         return dict(self.hw)
 
     def op_grid(self, req, t):
@@ -787,6 +846,15 @@ class World:
         ):
             raise ValueError("i must be [L1, L2, L3], amperes from -1000 to 1000")
         self.grid_i = [float(x) for x in i]
+
+    def op_flash(self, req, t):
+        """Arm a power cut: it comes when `cut_after_bytes` more bytes were written to the
+        flash, in the middle of the write that crosses it (a torn write)."""
+        n = req.get("cut_after_bytes")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10**7:
+            raise ValueError("cut_after_bytes must be an integer from 0 to 10000000")
+        self.flash.arm(n)
+        return {"writes": self.flash.writes, "bytes": self.flash.bytes}
 
     def op_meter(self, req, t):
         # All checked before anything changes.
@@ -911,6 +979,11 @@ class World:
             "mirror_bounce_reads": self.mirror_bounce_reads,
             "rcd_transient_reads": self.rcd_transient_reads,
             "input_glitches": self.input_glitches,
+            "rfid_spi_transactions": self.rfid.spi_transactions,
+            "rfid_spi_bytes": self.rfid.spi_bytes,
+            "rfid_frames": self.rfid.frames,
+            "rfid_collisions": self.rfid.collisions,
+            "rfid_cards": sorted(self.rfid.cards),
             "now_us": t,
         }
         reset = req.get("reset", False)

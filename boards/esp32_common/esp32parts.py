@@ -265,8 +265,10 @@ def rs485_line(uart_id, tx, rx, de_gpio):
 
 
 def rfid_spi(spi_id, sck, mosi, miso, cs):
-    """The MFRC522 reader's SPI bus and its SDA/NSS pin (idle high). 1 MHz is far below the
-    reader's 10 MHz limit, for long flying leads; the driver gets both."""
+    """The MFRC522 reader's SPI bus and its SDA/NSS pin (idle high): the pair board.spi is.
+    1 MHz is far below the reader's 10 MHz limit, for long flying leads. The esp32 port has
+    SPI(1) (HSPI, IDF's SPI2) and SPI(2) (VSPI, SPI3); pins other than a bus's IO_MUX pins go
+    through the GPIO matrix, fine at this speed (docs/boards.md, "The RFID reader")."""
     cs_pin = Pin(cs, Pin.OUT, value=1)
     spi = SPI(spi_id, baudrate=1000000, polarity=0, phase=0, sck=Pin(sck), mosi=Pin(mosi),
               miso=Pin(miso))

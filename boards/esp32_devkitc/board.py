@@ -94,9 +94,11 @@ class Board(parts.Esp32Board):
                                          None if _RS485_AUTO_DIRECTION else _RS485_DE)
         if de is not None:
             self.uart_de = de
-        # MFRC522 reader on SPI(2), 1 MHz; NRSTPD high = run.
+        # MFRC522 reader on SPI(2), 1 MHz; NRSTPD high = run. board.spi is the pair (SPI,
+        # SDA/NSS pin) that evse.rfid.Reader takes.
         self.rfid_rst = Pin(_RFID_RST, Pin.OUT, value=1)
-        self.spi, self.rfid_cs = parts.rfid_spi(2, _SPI_SCK, _SPI_MOSI, _SPI_MISO, _RFID_CS)
+        self.spi = parts.rfid_spi(2, _SPI_SCK, _SPI_MOSI, _SPI_MISO, _RFID_CS)
+        self.rfid_cs = self.spi[1]
         self._led = Pin(_LED, Pin.OUT, value=0)
         # Hot range at boot: GPIO14 drives the 4.7 kOhm high.
         self._ntc = parts.NtcReader(_NTC_ADC, _ntc_range(_NTC_RANGE))

@@ -89,8 +89,10 @@ class Board(parts.Esp32Board):
         # RS-485 Modbus meter on UART2, auto-direction transceiver: nothing waits in the loop.
         self.uart, _ = parts.rs485_line(2, _RS485_TX, _RS485_RX, None)
         # MFRC522 reader on the UEXT SPI, SPI(1) at 1 MHz. NRSTPD is tied to 3.3 V (no GPIO
-        # left): a driver resets the reader with its SoftReset command.
-        self.spi, self.rfid_cs = parts.rfid_spi(1, _SPI_SCK, _SPI_MOSI, _SPI_MISO, _RFID_CS)
+        # left): the driver resets the reader with its SoftReset command. board.spi is the
+        # pair (SPI, SDA/NSS pin) that evse.rfid.Reader takes.
+        self.spi = parts.rfid_spi(1, _SPI_SCK, _SPI_MOSI, _SPI_MISO, _RFID_CS)
+        self.rfid_cs = self.spi[1]
         # Hot range at boot (GPIO5 low: the P-FET on).
         self._ntc = parts.NtcReader(_NTC_ADC, _ntc_range(_NTC_RANGE))
         # Ethernet (started here, at boot), the Wi-Fi fallback (config wifi.ssid) and NTP

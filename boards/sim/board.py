@@ -1,6 +1,6 @@
 """Simulated board: every HAL call is a line to the runner (tools/sim.py), which owns the
-physical world (EV, cable, contactor, RCD, meter). Outputs are sent the moment the firmware
-commands them, so the runner stamps each change when it happens."""
+physical world (EV, cable, contactor, RCD, meter, the RFID reader). Outputs are sent the
+moment the firmware commands them, so the runner stamps each change when it happens."""
 
 import binascii
 import socket
@@ -147,6 +147,64 @@ class SimUart:
         return n
 
 
+class SimPin:
+    """The reader's SDA/NSS pin (machine.Pin-like: called with 0 / 1, or value()). The chip
+    starts a new SPI transaction, with an address byte, at each falling edge."""
+
+    def __init__(self):
+        self._v = 1  # idle high: deselected
+        self.fell = False
+
+    def __call__(self, v=None):
+        if v is None:
+            return self._v
+        v = 1 if v else 0
+        if self._v and not v:
+            self.fell = True
+        self._v = v
+
+    def value(self, v=None):
+        return self(v)
+
+
+class SimSpi:
+    """The reader's SPI bus (machine.SPI-like). The bytes clocked while NSS is low go to
+    the runner's emulated MFRC522 (tools/simrfid.py) as one line, `R <hex>` after a falling
+    edge of NSS and `r <hex>` for more bytes of the same transaction, answered with the
+    bytes MISO carried. With NSS high the chip's MISO is off and nothing is sent."""
+
+    def __init__(self, world, cs):
+        self._w = world
+        self._cs = cs
+
+    def write_readinto(self, wbuf, rbuf):
+        n = len(wbuf)
+        if len(rbuf) != n:
+            raise ValueError("buffers must be the same length")  # as machine.SPI
+        cs = self._cs
+        if cs._v:
+            for i in range(n):
+                rbuf[i] = 0  # nothing drives MISO
+            return
+        op = b"R " if cs.fell else b"r "
+        cs.fell = False
+        got = binascii.unhexlify(self._w.ask(op + binascii.hexlify(wbuf) + b"\n").strip())
+        if len(got) != n:
+            raise OSError("sim runner: bad SPI reply")
+        rbuf[:] = got
+
+    def write(self, buf):
+        self.write_readinto(buf, bytearray(len(buf)))
+
+    def readinto(self, buf, write=0):
+        self.write_readinto(bytes([write]) * len(buf), buf)
+
+    def read(self, n, write=0):
+        buf = bytearray(n)
+        self.readinto(buf, write)
+        return bytes(buf)
+
+
 class ConnectorHal:
     def __init__(self, world, cid):
         self.fb = False
@@ -276,6 +334,9 @@ class Board(BoardBase):
         if m.startswith("tcp:"):
             self.meter_transport = m
         self._ntc = Ntc()  # the NTC's range pin: the world is told the range with each read
+        # The MFRC522 reader (emulated by the runner) on SPI, with its NSS pin.
+        self.rfid_cs = SimPin()
+        self.spi = (SimSpi(self._w, self.rfid_cs), self.rfid_cs)
         # The runner's name service and NTP server; the RTC is unset until NTP sets it.
         self._clock_off = None
         if "dns-port" in opts:
@@ -318,6 +379,20 @@ class Board(BoardBase):
         if self._clock_off is None:
             return None
         return int(time.time() + self._clock_off)
+
+    def flash_write(self, f, data):
+        """The runner says how much of this write reaches the flash before a power cut it
+        has armed (the `flash` op): a torn write leaves a prefix, then the power goes."""
+        n = int(self._w.ask(b"F %d\n" % len(data)))
+        if n >= len(data):
+            f.write(data)
+            return
+        f.write(data[:n])
+        f.flush()
+        f.close()  # what reached the flash stays there
+        self._w.send(b"PC\n")
+        while True:
+            time.sleep(1)  # the runner kills us with the rest of the process group
 
     def reset(self):
         self._w.send(b"X\n")

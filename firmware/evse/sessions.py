@@ -222,8 +222,6 @@ class Sessions:
             if s.meter_start is None:
                 s.meter_start = r[3]  # the meter's first answer after the start
             s.wh = r[3]
-            if r[2] >= _IDLE_W:
-                s.drawn = True
             self._caps(k, s, r[2])
         dt = up - s.last_s
         if dt <= 0:
@@ -231,8 +229,8 @@ class Sessions:
         s.last_s = up
         if c.contactor:
             s.charging_s += dt
-            if r is None:
-                s.drawn = True  # no meter: a closed contactor is the best evidence
+            if r is None or r[2] >= _IDLE_W:
+                s.drawn = True  # (no meter: a closed contactor is the best evidence)
         if s.drawn and c.out == 1 and (not c.contactor or (r is not None and r[2] < _IDLE_W)):
             s.idle_s += dt  # offered current and not taking it: the bay is blocked
         if s.max_s is not None and up - s.start_s >= s.max_s:
