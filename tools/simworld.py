@@ -622,6 +622,7 @@ class World:
                 return "%d\n" % self.flash.allow(int(f[1]))  # tools/simflash.py
             if op == "PC":
                 power_cut()
+                return None
             if op == "W":
                 self.wdt_timeout_us = int(f[1]) * 1000
                 self.wdt_fed_us = t

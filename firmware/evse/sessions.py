@@ -167,6 +167,9 @@ class Sessions:
         # No new session while the outbox is full or the session the power cut ended is not
         # closed yet; a free-mode connector must not authorize itself meanwhile.
         blocked = full
+        m = self.st.metering.meters[k]
+        if m is not None and m.reading is None and not c.meter_failed:
+            blocked = True  # a meter is there: the start waits for its first reading (boot)
         if self.lost:
             for e in self.lost:
                 blocked = blocked or e[0] == c.id
@@ -219,8 +222,6 @@ class Sessions:
         r = self.st.metering.reading(k)
         if r is not None and r is not s.reading:
             s.reading = r
-            if s.meter_start is None:
-                s.meter_start = r[3]  # the meter's first answer after the start
             s.wh = r[3]
             self._caps(k, s, r[2])
         dt = up - s.last_s
@@ -284,10 +285,11 @@ class Sessions:
         reason, t_open = s.closing
         estimated = False
         if m is not None:
-            if m.ok_ms is not None and ticks_diff(m.ok_ms, t_open) >= 0 and not c.meter_failed:
+            if s.meter_start is None:
+                estimated = True  # no reading at the start: the energy is not known
+            elif m.ok_ms is not None and ticks_diff(m.ok_ms, t_open) >= 0 \
+                    and not c.meter_failed:
                 s.wh = m.reading[3]
-                if s.meter_start is None:
-                    s.meter_start = s.wh
             elif final or c.meter_failed or \
                     ticks_diff(now, t_open) > st.cfg["meter_fail_s"] * 1000:
                 estimated = True
