@@ -10,12 +10,13 @@ at boot (the contactor opened with the power)."""
 import json
 
 from evse import tariff as tariffs
-from evse.compat import const, ticks_diff
+from evse.compat import const, ticks_add, ticks_diff
 from evse.journal import Journal
 
 CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often ...
 CHECKPOINT_IDLE_S = const(1800)  # ... when they changed, else this often (a parked EV)
 _IDLE_W = const(100)  # below this the EV is taken as drawing nothing
+_PLAN_MS = const(1500)  # a cap due within this (the next reading, 1 s, and some) is timed
 _RESEND_S = const(300)  # unacknowledged messages go out again this often while connected
 _FAULT_REASON = {"GroundFailure": "GroundFault", "OverCurrentFailure": "OvercurrentFault"}
 
@@ -41,6 +42,7 @@ class Session:
         self.ck_key = None
         self.reading = None  # the meter reading last looked at (identity: fresh or not)
         self.closing = None  # (reason, ticks when the contactor was open): stop record due
+        self.cap_at = None  # (ticks, reason): a cap runs out then at the present power
 
     def energy(self):
         if self.wh is None or self.meter_start is None:
@@ -134,10 +136,10 @@ class Sessions:
                 self._close(k, c, s, now, False)
             elif not c.authorized and not c.contactor:
                 s.closing = (self._reason(k, c), now)
-                self._account(k, c, s, up)
+                self._account(k, c, s, up, now)
                 self._close(k, c, s, now, False)
             else:
-                self._account(k, c, s, up)
+                self._account(k, c, s, up, now)
         if self.lost:
             self._power_loss(up)
         g = self.grant_any
@@ -216,14 +218,18 @@ class Sessions:
         self.journal.message(m, {"t": s.tariff, "g": group})
         self._trim()
 
-    def _account(self, k, c, s, up):
+    def _account(self, k, c, s, up, now):
         """Per loop: a fresh meter reading is checked against the caps at once; times
         count per uptime second."""
         r = self.st.metering.reading(k)
         if r is not None and r is not s.reading:
             s.reading = r
             s.wh = r[3]
-            self._caps(k, s, r[2])
+            self._caps(k, s, r[2], self.st.metering.meters[k].ok_ms)
+        cap = s.cap_at
+        if cap is not None and ticks_diff(now, cap[0]) >= 0:
+            s.cap_at = None
+            self.stop(k, cap[1])
         dt = up - s.last_s
         if dt <= 0:
             return
@@ -237,7 +243,7 @@ class Sessions:
         if s.max_s is not None and up - s.start_s >= s.max_s:
             self.stop(k, "TimeLimitReached")
         elif s.max_cost is not None and s.tariff is not None:
-            self._cost_cap(k, s, 0)
+            self._cost_cap(k, s)
         if up - s.ck_s >= CHECKPOINT_S:
             key = (s.wh or 0) + s.charging_s  # both only grow: a sum detects a change
             if key != s.ck_key or up - s.ck_s >= CHECKPOINT_IDLE_S:
@@ -247,17 +253,36 @@ class Sessions:
                                                 "cs": s.charging_s, "i": s.idle_s,
                                                 "ts": self.st.board.unix_time()})
 
-    def _caps(self, k, s, p_w):
-        # Stop one meter poll early rather than one late: the next reading would show this
-        # much more energy at the present power.
-        ahead = p_w * 1000 // 3600000 if p_w > 0 else 0  # meters.POLL_MS of energy, Wh
-        if s.max_wh is not None and s.energy() + ahead >= s.max_wh:
-            self.stop(k, "EnergyLimitReached")
-        elif s.max_cost is not None and s.tariff is not None:
-            self._cost_cap(k, s, ahead)
+    def _caps(self, k, s, p_w, t_ms):
+        """At each fresh reading: the energy still allowed (by max_wh, or by max_cost_millis
+        at the session's energy price) is gone, or it will be before the next reading at the
+        present power: the stop is timed for then, neither a poll late nor a poll early."""
+        s.cap_at = None
+        used = s.energy()
+        left = None
+        why = None
+        if s.max_wh is not None:
+            left = s.max_wh - used
+            why = "EnergyLimitReached"
+        if s.max_cost is not None and s.tariff is not None:
+            c = tariffs.cost(s.tariff, used, s.charging_s, s.idle_s)
+            allowed = tariffs.max_energy_wh(s.tariff, s.max_cost,
+                                            c["total_millis"] - c["energy_millis"])
+            if allowed is not None and (left is None or allowed - used < left):
+                left = allowed - used
+                why = "LocalOutOfCredit"
+        if left is None:
+            return
+        if left <= 0:
+            self.stop(k, why)
+        elif p_w > 0 and t_ms is not None:
+            ms = left * 3600000 // p_w
+            if ms < _PLAN_MS:
+                s.cap_at = (ticks_add(t_ms, ms), why)
 
-    def _cost_cap(self, k, s, ahead_wh):
-        c = tariffs.cost(s.tariff, s.energy() + ahead_wh, s.charging_s, s.idle_s)
+    def _cost_cap(self, k, s):
+        """Each second: the time and idle prices may use the budget up too."""
+        c = tariffs.cost(s.tariff, s.energy(), s.charging_s, s.idle_s)
         if c["total_millis"] >= s.max_cost:
             self.stop(k, "LocalOutOfCredit")
 
