@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,10 +119,12 @@ def mpy_tree():
     return d
 
 
-def _cycle_ok(heap, broker, firmware=None, full=True):
+def _cycle_ok(heap, broker, firmware=None, full=True, pay=False):
     """One full charge cycle on a heap of `heap`; True if it completed without errors.
-    full: with site balancing on grid data and a schedule (every part built so far at work);
-    else the plain station (no schedule, no balancing)."""
+    full: with site balancing on grid data and a schedule; pay: also cards at the reader
+    (auth_mode rfid, a local list), a tariff, and the backend acknowledging the session
+    records (every part built so far at work); else the plain station (no schedule, no
+    balancing; free mode, its sessions unacknowledged)."""
     import paho.mqtt.client as mqtt
 
     d = tempfile.mkdtemp(prefix="evse-heap-")
@@ -130,23 +133,38 @@ def _cycle_ok(heap, broker, firmware=None, full=True):
         # time, the standing orders written to flash.
         st = Station(state_dir=d, heapsize=heap, broker=broker, ready_timeout=10,
                      firmware=firmware,
-                     config=["site.fuse_a=32", 'tz="CET-1CEST,M3.5.0,M10.5.0/3"'] if full
-                     else [])
+                     config=(["site.fuse_a=32", 'tz="CET-1CEST,M3.5.0,M10.5.0/3"'] if full
+                             else []) + (['auth_mode="rfid"'] if pay else []))
     except RuntimeError:
         return False
     host, _, port = broker.rpartition(":")
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.connect(host, int(port))
-    c.loop_start()
     base = "evse/evse-" + st.id.encode().hex()
+    acks = []
+
+    online = threading.Event()
+
+    def on_message(client, userdata, m):
+        if m.topic == base + "/online" and m.payload == b"online":
+            online.set()
+        if m.topic == base + "/session":  # the backend stores it, then acknowledges
+            seq = json.loads(m.payload)["seq"]
+            acks.append(seq)
+            client.publish(base + "/session/ack", json.dumps({"seq": seq}), qos=1)
+
+    c.on_message = on_message
+    c.connect(host, int(port))
+    c.subscribe(base + "/online", 1)
+    if pay:
+        c.subscribe(base + "/session", 1)
+    c.loop_start()
+    online.wait(15)  # commands sent before the station subscribes would be lost
     stop = []
 
     def grid():
         while not stop and full:
             c.publish(base + "/grid", json.dumps({"i": [8.0, 9.0, 10.0], "ttl_s": 5}))
             time.sleep(0.5)
-
-    import threading
 
     t = threading.Thread(target=grid, daemon=True)
     t.start()
@@ -158,16 +176,33 @@ def _cycle_ok(heap, broker, firmware=None, full=True):
                              "current_a": 16}]}), qos=1)
         c.publish(base + "/cmd", json.dumps({"rid": "l", "cmd": "set_limit", "connector": 1,
                                              "current_a": 20, "ttl_s": 600}), qos=1)
+        if pay:
+            c.publish(base + "/cmd", json.dumps({
+                "rid": "a", "cmd": "auth_list", "version": 1, "mode": "full",
+                "entries": [{"id_tag": "04A1B2C3D4E5F6", "status": "Accepted"}]}), qos=1)
+            c.publish(base + "/cmd", json.dumps({
+                "rid": "t", "cmd": "set_tariff", "currency": "EUR",
+                "energy_millis_per_kwh": 35000, "time_millis_per_h": 1200,
+                "fee_millis": 500}), qos=1)
         st.op("ev", respond_s=0.1)
         for _ in range(2):
             st.op("plug")
             st.op("ev", request=True)
+            if pay:
+                time.sleep(0.3)
+                st.op("tap", uid="04A1B2C3D4E5F6", hold_s=0.3)
             st.wait_for(lambda s: s["ev_i"][0] > 0, timeout=5, what="charging")
             st.op("ev", request=False)
             st.wait_for(lambda s: not s["contactor"], timeout=5)
             st.op("unplug")
-        time.sleep(1.0)  # let status publishing run on the small heap
+            if pay:
+                time.sleep(0.5)  # unplugged long enough to be seen: the session ends
+        time.sleep(2.0 if pay else 1.0)  # status publishing (and the last acks) on it
         ok = st.proc.poll() is None and "MemoryError" not in st.stderr()
+        if pay:
+            ok = ok and len(set(acks)) >= 4  # two sessions, started and stopped
+            if os.environ.get("EVSE_BENCH_DEBUG"):
+                print("pay cycle: acks %r" % acks, st.stderr()[-600:])
         ok = ok and "firmware exited" not in st.stderr()
         return ok
     except (AssertionError, RuntimeError, OSError, ValueError):
@@ -180,13 +215,13 @@ def _cycle_ok(heap, broker, firmware=None, full=True):
         st.stop()
 
 
-def min_heap(broker, firmware=None, full=True):
-    lo, hi = 4, 160  # KiB on a 32-bit board ("w" scales to the host's word size)
-    if not _cycle_ok("%dwK" % hi, broker, firmware, full):
+def min_heap(broker, firmware=None, full=True, pay=False):
+    lo, hi = 4, 256  # KiB on a 32-bit board ("w" scales to the host's word size)
+    if not _cycle_ok("%dwK" % hi, broker, firmware, full, pay):
         return None
     while hi - lo > 2:
         mid = (lo + hi) // 2
-        if _cycle_ok("%dwK" % mid, broker, firmware, full):
+        if _cycle_ok("%dwK" % mid, broker, firmware, full, pay):
             hi = mid
         else:
             lo = mid
@@ -508,6 +543,30 @@ def rfid_poll_cost(reps=200):
     return [dict(c, us=g["us"], alloc=g["alloc"]) for c, g in zip(cases, got)]
 
 
+def print_sessions():
+    """Tap to contactor, flash per session, outbox capacity (tools/benchsession.py)."""
+    import benchsession
+
+    sys.path.insert(0, os.path.join(ROOT, "firmware"))
+    from evse.journal import OUTBOX_MAX
+
+    with Broker() as b:
+        r = benchsession.run("127.0.0.1:%d" % b.port)
+    for what, key in (("a card on the local list", "local_ms"),
+                      ("a card the backend accepts", "backend_ms")):
+        ms = [x for x in r[key] if x is not None]
+        print("Tap to contactor closed, %s (EV plugged in and asking; %d of %d trials): "
+              "p50 %.0f ms, max %.0f ms" % (what, len(ms), len(r[key]),
+                                           statistics.median(ms) if ms else float("nan"),
+                                           max(ms) if ms else float("nan")))
+    print("  (the close waits for PWM on, the EV's diode check and a settled C: 200 ms)")
+    print("Flash per session (journal, acknowledged): %.1f writes, %.0f bytes; a session "
+          "message is at most %s B" % (r["writes_per_session"], r["bytes_per_session"],
+                                       r["message_bytes"]))
+    print("Outbox: %d unacknowledged messages = %d sessions (about %d KB of journal)"
+          % (OUTBOX_MAX, OUTBOX_MAX // 2, OUTBOX_MAX * (r["message_bytes"] or 400) // 1000))
+
+
 def print_rfid_poll_cost():
     print("RFID poll (evse.rfid.Reader.poll reading the MFRC522, once per POLL_MS = 100 ms):")
     print("  %-12s %8s %7s %6s %9s %8s %8s %10s" % (
@@ -560,10 +619,12 @@ def main(argv=None):
             tree = mpy_tree()
             rows = (("plain, from .py source (compiled on the board)", min_heap(br, None, False)),
                     ("plain, from .mpy (as deployed)", min_heap(br, tree, False)),
-                    ("with balancing and a schedule, from .mpy", min_heap(br, tree, True)))
+                    ("with balancing and a schedule, from .mpy", min_heap(br, tree, True)),
+                    ("with all that, cards, a tariff and acknowledged sessions, from .mpy",
+                     min_heap(br, tree, True, True)))
         for what, heap in rows:
             print("Smallest heap for a full charge cycle with MQTT and Modbus, %s: %s" % (
-                what, "%d KiB (-X heapsize=%dwK)" % (heap, heap) if heap else "> 160 KiB"))
+                what, "%d KiB (-X heapsize=%dwK)" % (heap, heap) if heap else "> 256 KiB"))
         print("  (goal: 96 KiB from .mpy; a frozen image keeps its bytecode in flash, not here)")
 
     if not a.skip_link:
@@ -607,6 +668,7 @@ def main(argv=None):
     print("  (the control loop gap above was measured with the SDM630 polled every second)")
 
     print_rfid_poll_cost()
+    print_sessions()
 
     sizes = mpy_sizes()
     print("Firmware .mpy size (mpy-cross -O1): %d bytes in %d modules" % (sum(sizes.values()),

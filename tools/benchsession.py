@@ -117,7 +117,12 @@ def run(broker, trials=5):
 
 
 if __name__ == "__main__":
+    import argparse
+
     from broker import Broker
 
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trials", type=int, default=5, help="sessions per kind of card")
+    a = ap.parse_args()
     with Broker() as b:
-        print(run("127.0.0.1:%d" % b.port))
+        print(run("127.0.0.1:%d" % b.port, a.trials))

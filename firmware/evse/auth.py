@@ -79,8 +79,8 @@ class Auth:
         e = self._known(id_tag)
         group = e[3] if e is not None else None
         for k, s in enumerate(ses.cur):
-            if s is None:
-                continue
+            if s is None or s.closing is not None:
+                continue  # (an ending session's record waits for the meter: not a target)
             if s.id_tag == id_tag or (group is not None and s.group == group):
                 self._result(id_tag, "Stop", k)
                 ses.stop(k, "Local")
@@ -112,8 +112,9 @@ class Auth:
         free = None
         n = 0
         for k, c in enumerate(self.st.connectors):
-            if ses.cur[k] is not None or not c.enabled or c.fault is not None:
-                continue
+            s = ses.cur[k]
+            if (s is not None and s.closing is None) or not c.enabled or c.fault is not None:
+                continue  # (a grant waits while an ending session's record is written)
             if c.cp in ("B", "C", "D") and not c.authorized:
                 return k
             if c.cp == "A" and ses.grant[k] is None:
