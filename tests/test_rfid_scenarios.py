@@ -88,8 +88,9 @@ def test_backend_refusal_and_a_blocked_card(be):
     st = be.st
     ev_waits(st)
     m = be.mark()
-    st.op("tap", uid="0BADC0DE")
+    st.op("tap", uid="0BADC0DE", hold_s=0.3)
     be.event("AuthRefused", since=m, pred=lambda d: d["detail"] == "0BADC0DE Blocked")
+    time.sleep(0.6)  # taken away before the next card is presented
     st.op("tap", uid="55667788")
     req = wait_msgs(be, m, "auth/req")[0]
     be.publish(BASE + "/auth/res", {"rid": req["rid"], "status": "Invalid"})
