@@ -54,6 +54,8 @@ def test_local_list_card_charges_and_the_same_card_stops(be):
     assert not msgs(be, m, "auth/req")  # no round trip for a listed card
     time.sleep(1.0)  # the card has left the field
     st.op("tap", uid="04A1B2C3", hold_s=0.5)
+    st.wait_for(lambda s: s["pwm_duty_pct"] is None, timeout=5, what="stopped")
+    st.op("ev", request=False)  # the EV answers
     got = wait_msgs(be, m, "session", 2)
     assert got[1]["event"] == "stop" and got[1]["reason"] == "Local", got
 
@@ -116,6 +118,8 @@ def test_backend_silent_then_offline_unknown(be):
     # its request is answered late, Invalid: DeAuthorized
     req = msgs(be, m, "auth/req")[-1]
     be.publish(BASE + "/auth/res", {"rid": req["rid"], "status": "Invalid"})
+    st.wait_for(lambda s: s["pwm_duty_pct"] is None, timeout=5, what="stopped")
+    st.op("ev", request=False)  # the EV answers
     got = wait_msgs(be, m, "session", 2, timeout=10)
     assert got[-1]["event"] == "stop" and got[-1]["reason"] == "DeAuthorized", got
 
@@ -132,6 +136,8 @@ def test_group_card_stops_another_card_is_ignored(be):
     time.sleep(1.0)
     assert st.op("get")["contactor"]
     st.op("tap", uid="AA000002", hold_s=0.3)
+    st.wait_for(lambda s: s["pwm_duty_pct"] is None, timeout=5, what="stopped")
+    st.op("ev", request=False)  # the EV answers
     got = wait_msgs(be, m, "session", 2)
     assert got[-1]["reason"] == "Local"
 
