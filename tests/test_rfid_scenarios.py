@@ -179,11 +179,11 @@ def test_reader_down_and_back_charging_by_start_goes_on(be):
 
 
 def test_connection_timeout_on_the_unix_port(tmp_path):
-    be = Backend(tmp_path, config=['auth_mode="remote"', "connection_timeout_s=10"])
+    be = Backend(tmp_path, config=['auth_mode="remote"', "connection_timeout_s=5"])
     try:
         m = be.mark()
         assert be.cmd("start", connector=1, id_tag="APP-2")["ok"]
-        be.event("AuthorizationExpired", since=m, timeout=15)
+        be.event("AuthorizationExpired", since=m, timeout=10)
         ev_waits(be.st)
         time.sleep(1.0)
         assert not be.st.op("get")["contactor"] and not msgs(be, m, "session")

@@ -96,6 +96,37 @@ def test_remote_start_energy_cap_stops_near_the_cap(tmp_path):
         be.stop()
 
 
+def test_remote_start_time_and_cost_caps_on_the_unix_port(tmp_path):
+    """max_s stops with TimeLimitReached; max_cost_millis with LocalOutOfCredit, the cost
+    in the record within the cap. Break: caps from start ignored -> no stop."""
+    be = Backend(tmp_path, config=["auth_mode=\"remote\""])
+    try:
+        assert be.cmd("set_tariff", currency="EUR", energy_millis_per_kwh=100000,
+                      fee_millis=300)["ok"]
+        for caps, reason in (({"max_s": 3}, "TimeLimitReached"),
+                             ({"max_cost_millis": 2000}, "LocalOutOfCredit")):
+            m = be.mark()
+            assert be.cmd("start", connector=1, id_tag="PAY-1", **caps)["ok"]
+            charging(be.st)
+            be.st.wait_for(lambda s: s["pwm_duty_pct"] is None, timeout=20, what="stopped")
+            be.st.op("ev", request=False)  # the EV answers
+            got = sessions(be, m, 2, timeout=10)
+            assert [g["event"] for g in got] == ["start", "stop"], got
+            stop = got[1]
+            assert stop["reason"] == reason, stop
+            if reason == "TimeLimitReached":
+                assert 3 <= stop["duration_s"] <= 5, stop
+            else:  # 100 millis a Wh + 300: the cap buys 17 Wh
+                cost = stop["cost"]
+                print("cost cap 2000 millis: %d Wh, %d millis" % (stop["energy_wh"],
+                                                                 cost["total_millis"]))
+                assert 1700 <= cost["total_millis"] <= 2000 + 200, cost
+            be.st.op("unplug")
+            time.sleep(1.0)
+    finally:
+        be.stop()
+
+
 def test_messages_of_a_session_while_the_broker_was_down_arrive_in_order(tmp_path):
     """Break: publish without the journal (fire and forget) -> lost while offline."""
     br = Broker(allow_fallback=False)

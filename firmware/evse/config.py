@@ -30,7 +30,7 @@ SCHEMA = (
     ("phases", int, 3, 1, 3, 0),
     ("auth_mode", ("free", "rfid", "remote", "rfid+remote"), "free", 0, 0, 0),
     ("auth_timeout_s", int, 5, 1, 60, 0),
-    ("connection_timeout_s", int, 60, 10, 600, 0),
+    ("connection_timeout_s", int, 60, 5, 600, 0),
     ("auth.offline_local", bool, True, 0, 0, 0),
     ("auth.offline_unknown", bool, False, 0, 0, 0),
     ("auth.stop_on_invalid", bool, True, 0, 0, 0),
