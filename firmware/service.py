@@ -176,9 +176,12 @@ def sessions(n=5):
                 "" if s.closing is None else ", ending: " + s.closing[0]))
     j = ses.journal
     _print("outbox %d unacknowledged, seq %d, journal %d B" % (len(j.outbox), j.seq, j.size))
-    for _, off in j.outbox[-n:]:
-        p = j.payload(off)
-        _print(p.decode() if p is not None else "(unreadable)")
+    if not j.outbox:
+        return
+    with j.reader() as f:
+        for _, off in j.outbox[-n:]:
+            p = j.payload(off, f)
+            _print(p.decode() if p is not None else "(unreadable)")
 
 
 def rfid():

@@ -1,5 +1,8 @@
 """A tiny in-process board for CPython unit tests of the core (no timing, no sockets)."""
 
+import json
+import os
+
 from evse.hal import BoardBase
 
 TICKS_PERIOD = 1 << 30  # ticks_ms wraps here on the ESP32
@@ -150,3 +153,42 @@ class Clock:
             ms -= d
             self.now = (self.now + d) & (TICKS_PERIOD - 1)
             self.st.step(self.now)
+
+
+# -- a station on the fake board, for the unit tests ------------------------------------------
+def boot(path, connectors=1, **cfg):
+    """A Station on a FakeBoard whose flash is `path` (made if missing), past its boot RCD
+    self-test: (station, board, clock)."""
+    from evse.station import Station
+
+    os.makedirs(str(path), exist_ok=True)
+    board = FakeBoard(str(path), connectors=connectors)
+    st = Station(board, overrides=cfg or None)
+    clk = Clock(st)
+    clk.run(50)  # the boot RCD self-test
+    return st, board, clk
+
+
+def cmd(st, name, **args):
+    """A backend command through the station's API: its reply."""
+    from evse.api import Api
+
+    args.update(rid="r", cmd=name)  # (a new Api each time: no rid is remembered)
+    return Api(st, NoLink()).handle(json.dumps(args).encode())
+
+
+def plug_and_charge(board, clk, k=0):
+    """Plug an EV into connector k+1 and let it ask for power (B, then C)."""
+    hal = board.connectors[k]
+    hal.ev = "B"
+    clk.run(50)
+    hal.ev = "C"
+    clk.run(400)
+    return hal
+
+
+def session_messages(st):
+    """The session messages waiting in the journal's outbox, oldest first."""
+    j = st.sessions.journal
+    with j.reader() as f:
+        return [json.loads(j.payload(off, f)) for _, off in j.outbox]

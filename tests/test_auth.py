@@ -4,34 +4,18 @@ remote start, and the connection timeout."""
 
 import json
 
-from evse.api import Api
-from evse.station import Station
-from fakes import Clock, FakeBoard, NoLink
+import fakes
+from fakes import cmd, plug_and_charge, session_messages
 
 
 def boot(path, online=True, connectors=1, **cfg):
     cfg.setdefault("auth_mode", "rfid+remote")
-    path.mkdir(parents=True, exist_ok=True)
-    board = FakeBoard(str(path), connectors=connectors)
-    st = Station(board, overrides=cfg)
+    st, board, clk = fakes.boot(path, connectors, **cfg)
     st.auth.online = online
-    clk = Clock(st)
-    clk.run(50)
     return st, board, clk
 
 
-def cmd(st, name, **args):
-    args.update(rid="r%d" % id(args), cmd=name)
-    return Api(st, NoLink()).handle(json.dumps(args).encode())
-
-
-def plug(board, clk, k=0):
-    hal = board.connectors[k]
-    hal.ev = "B"
-    clk.run(50)
-    hal.ev = "C"
-    clk.run(400)
-    return hal
+plug = plug_and_charge
 
 
 def codes(st):
@@ -99,8 +83,7 @@ def test_backend_accepts_an_unknown_card_then_it_is_cached(tmp_path):
     assert hal.pilot.mode == "+12"
     hal.ev = "B"
     clk.run(100)
-    j = st.sessions.journal
-    last = json.loads(j.payload(j.outbox[-1][1]))
+    last = session_messages(st)[-1]
     assert last["event"] == "stop" and last["reason"] == "DeAuthorized"
 
 
@@ -186,8 +169,7 @@ def test_same_card_or_group_stops_another_card_is_ignored(tmp_path):
     assert session(st).id_tag == "04A1B2C3"
     st.auth.tap("04A1B2C3")
     clk.run(50)
-    j = st.sessions.journal
-    last = json.loads(j.payload(j.outbox[-1][1]))
+    last = session_messages(st)[-1]
     assert last["event"] == "stop" and last["id_tag"] == "04A1B2C3" and last["reason"] == "Local"
 
 

@@ -2,22 +2,19 @@
 searched, replaced all or nothing) and the authorization cache (evse.authlist.Cache: bounded,
 LRU, expiry, on flash); the same answers on the MicroPython unix port as on CPython."""
 
-import json
 import os
 import random
 import struct
-import subprocess
 import sys
 
+import portrun
 import pytest
 
 from evse import authlist
 from evse.authlist import Cache, LocalList, status_at
 from evse.store import Store
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIRMWARE = os.environ.get("EVSE_FIRMWARE") or os.path.join(ROOT, "firmware")
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+MICROPYTHON = portrun.MICROPYTHON
 HDR, REC = 16, 49  # the file format: header, then one fixed-width record per entry
 
 
@@ -743,21 +740,7 @@ def port_cases():
 
 
 def run_port_script(interpreter, tmp_path, name, cases):
-    root = tmp_path / name
-    root.mkdir()
-    path = tmp_path / (name + ".jsonl")
-    path.write_text("".join(json.dumps(c) + "\n" for c in cases))
-    args = [interpreter]
-    if interpreter == MICROPYTHON:
-        args += ["-X", "heapsize=96k"]
-    r = subprocess.run(
-        args + ["-c", PORT_SCRIPT, FIRMWARE, str(root), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-    return [json.loads(x) for x in r.stdout.splitlines()]
+    return portrun.run_port_script(interpreter, tmp_path, name, cases, PORT_SCRIPT, "96k", 300)
 
 
 def test_same_results_on_the_micropython_unix_port(tmp_path):

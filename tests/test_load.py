@@ -2,23 +2,13 @@
 sharing the station's limit, the failsafe's rules, standing orders on flash, the random
 start delay and the graceful reboot."""
 
-import json
 import os
 
 import pytest
 
 from evse import pilot
-from evse.api import Api
 from evse.station import Station
-from fakes import Clock, FakeBoard, NoLink
-
-
-def boot(path, connectors=1, **cfg):
-    board = FakeBoard(str(path), connectors=connectors)
-    st = Station(board, overrides=cfg or None)
-    clk = Clock(st)
-    clk.run(50)  # the boot RCD self-test
-    return st, board, clk
+from fakes import Clock, boot, cmd
 
 
 def reboot(st, clk):
@@ -27,11 +17,6 @@ def reboot(st, clk):
     clk2 = Clock(st2)
     clk2.run(50)
     return st2, clk2
-
-
-def cmd(st, name, **args):
-    args.update(rid="r", cmd=name)
-    return Api(st, NoLink()).handle(json.dumps(args).encode())
 
 
 def charge(board, clk, k=0):

@@ -219,6 +219,8 @@ def test_power_cut_fuzz(tmp_path):
         assert be.cmd("auth_list", version=3, mode="full",
                       entries=[{"id_tag": "CAFE0001", "status": "Accepted"}])["ok"]
         assert be.cmd("config_set", values={"status_interval_s": 77})["ok"]
+        version = 3
+        list_rids = {}  # rid -> version of the auth_list diffs sent
         m = be.mark()
         for _ in range(cuts):
             st = be.st
@@ -236,8 +238,14 @@ def test_power_cut_fuzz(tmp_path):
                     time.sleep(rnd.uniform(0.3, 1.0))
                     _op(st, "unplug")  # the stop record is a flash write
                 if phase in ("idle", "plugged") or rnd.random() < 0.3:
-                    # a config write (the cut may land in it, or in a session record)
-                    be.send("config_set", values={"meter_interval_s": rnd.randrange(5, 60)})
+                    # a config or an auth list write (the cut may land in it, or in a
+                    # session record): each list version adds one entry
+                    if rnd.random() < 0.5:
+                        be.send("config_set", values={"meter_interval_s": rnd.randrange(5, 60)})
+                    else:
+                        version += 1
+                        list_rids[be.send("auth_list", version=version, mode="diff", entries=[
+                            {"id_tag": "CAFE%04d" % version, "status": "Accepted"}])] = version
                 end = time.monotonic() + 1.5
                 while st.proc.poll() is None and time.monotonic() < end:
                     time.sleep(0.05)
@@ -292,8 +300,17 @@ def test_power_cut_fuzz(tmp_path):
                 assert stop["energy_wh"] == stop["meter_stop_wh"] - stop["meter_start_wh"] >= 0
         assert be.cmd("config_get", keys=["status_interval_s"])["data"] == {
             "status_interval_s": 77}
-        assert be.cmd("diag")["data"]["auth"]["list_version"] == 3
-        assert be.cmd("diag")["data"]["auth"]["list_entries"] == 1
+        # the list is one of those sent, whole: never half written, never lost
+        a = be.cmd("diag")["data"]["auth"]
+        print("auth list: version %d of %d sent, %d entries" % (a["list_version"], version,
+                                                                a["list_entries"]))
+        # a diff answered ok was on flash before the answer: it stays
+        done = [list_rids[d["rid"]] for d in (json.loads(p) for t, p, *_ in be.mq.after(m)
+                                              if t == BASE + "/reply")
+                if d.get("rid") in list_rids and d["ok"]]
+        assert 3 <= a["list_version"] <= version and a["list_version"] >= max(done + [3])
+        assert len(done) + 1 <= a["list_entries"] <= 1 + a["list_version"] - 3
+        assert not [p for t, p, *_ in be.mq.after(m) if b"AuthListCorrupt" in p]
         assert kinds["torn"] and kinds["time"]
     finally:
         be.stop()

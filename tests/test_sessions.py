@@ -5,12 +5,13 @@ session start and stop with their reasons, caps, costs and the power-loss stop a
 import json
 import os
 
+import fakes
 from evse import journal as journals
-from evse.api import Api
 from evse.journal import Journal
 from evse.station import Station
 from evse.store import Store
-from fakes import Clock, FakeBoard, NoLink
+from fakes import Clock, FakeBoard, cmd, plug_and_charge
+from fakes import session_messages as messages
 
 
 class Meter:
@@ -35,34 +36,11 @@ class Meter:
 
 
 def boot(path, connectors=1, meter=None, **cfg):
-    path.mkdir(parents=True, exist_ok=True)
-    board = FakeBoard(str(path), connectors=connectors)
-    st = Station(board, overrides=cfg or None)
-    clk = Clock(st)
+    st, board, clk = fakes.boot(path, connectors, **cfg)
     if meter is not None:
         st.metering.meters[0] = meter
         meter.clk = clk
-    clk.run(50)
     return st, board, clk
-
-
-def cmd(st, name, **args):
-    args.update(rid="r%d" % id(args), cmd=name)
-    return Api(st, NoLink()).handle(json.dumps(args).encode())
-
-
-def messages(st):
-    j = st.sessions.journal
-    return [json.loads(j.payload(off)) for _, off in j.outbox]
-
-
-def plug_and_charge(board, clk, k=0):
-    hal = board.connectors[k]
-    hal.ev = "B"
-    clk.run(50)
-    hal.ev = "C"
-    clk.run(400)
-    return hal
 
 
 # -- the journal --------------------------------------------------------------------------
@@ -76,12 +54,14 @@ def test_journal_counters_outbox_and_acks_survive_reload(tmp_path):
         j.message({"event": "start", "sid": sid, "connector": 1})
         j.message({"event": "stop", "sid": sid, "connector": 1})
     assert j.seq == 6 and j.sid_n == 3
-    assert j.ack(2) == "ok" and j.ack(2) == "dup" and j.ack(99) == "bad" and j.ack(0) == "bad"
+    assert j.ack(2) == 1 and j.ack(2) is None and j.ack(99) is None
+    assert j.sent(6) and not j.sent(7) and not j.sent(0)
     j2 = Journal(store)
     j2.load()
     assert (j2.seq, j2.sid_n) == (6, 3)
     assert [e[0] for e in j2.outbox] == [1, 3, 4, 5, 6]
-    assert json.loads(j2.payload(j2.outbox[0][1]))["seq"] == 1
+    with j2.reader() as f:
+        assert json.loads(j2.payload(j2.outbox[0][1], f))["seq"] == 1
 
 
 def test_torn_last_record_is_skipped_and_never_glued_to(tmp_path):
@@ -479,3 +459,47 @@ def test_idle_time_is_billed_beyond_the_grace(tmp_path):
     stop = messages(st)[-1]
     assert 29 <= stop["idle_s"] <= 31, stop
     assert stop["cost"]["idle_millis"] == stop["idle_s"] - 10  # 1 milli per s beyond grace
+
+
+def test_without_acknowledgements_every_message_is_still_sent_once(tmp_path, monkeypatch):
+    """Letting the oldest go must not make the publisher skip the next new one. Break: the
+    publishing cursor not moved back when the oldest is dropped -> a message never sent."""
+    monkeypatch.setattr(journals, "OUTBOX_MAX", 4)
+    st, board, clk = boot(tmp_path, meter=Meter(), session_ack=False)
+    sent = []
+
+    def send(p):
+        sent.append(json.loads(p)["seq"])
+        return True
+
+    st.sessions.rewind()  # connected
+    hal = board.connectors[0]
+    for _ in range(4):
+        plug_and_charge(board, clk)
+        st.sessions.publish(send)
+        hal.ev = "A"
+        clk.run(100)
+        st.sessions.publish(send)
+    assert sent == list(range(1, 9))
+
+
+def test_an_acknowledgement_does_not_make_the_publisher_skip_a_message(tmp_path):
+    """Break: the cursor not moved back when an older message is acknowledged -> the next
+    new message is not sent until a reconnect."""
+    st, board, clk = boot(tmp_path, meter=Meter())
+    sent = []
+
+    def send(p):
+        sent.append(json.loads(p)["seq"])
+        return True
+
+    st.sessions.rewind()
+    hal = plug_and_charge(board, clk)
+    hal.ev = "A"
+    clk.run(100)
+    st.sessions.publish(send)
+    assert sent == [1, 2]
+    assert st.sessions.on_ack(b'{"seq":1}') == "ok"
+    plug_and_charge(board, clk)
+    st.sessions.publish(send)
+    assert sent == [1, 2, 3]

@@ -5,18 +5,16 @@ same answers on the MicroPython unix port as on CPython."""
 import json
 import os
 import random
-import subprocess
 import sys
 from fractions import Fraction
 
+import portrun
 import pytest
 
 from evse import tariff
 from evse.store import Store
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIRMWARE = os.environ.get("EVSE_FIRMWARE") or os.path.join(ROOT, "firmware")
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+MICROPYTHON = portrun.MICROPYTHON
 PRICES = ("energy_millis_per_kwh", "time_millis_per_h", "fee_millis", "idle_millis_per_h")
 
 
@@ -335,19 +333,7 @@ def port_cases():
 
 
 def run_port_script(interpreter, tmp_path, name, cases):
-    root = tmp_path / name
-    root.mkdir()
-    path = tmp_path / (name + ".jsonl")
-    path.write_text("".join(json.dumps(c) + "\n" for c in cases))
-    args = [interpreter] + (["-X", "heapsize=64k"] if interpreter == MICROPYTHON else [])
-    r = subprocess.run(
-        args + ["-c", PORT_SCRIPT, FIRMWARE, str(root), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-    return [json.loads(x) for x in r.stdout.splitlines()]
+    return portrun.run_port_script(interpreter, tmp_path, name, cases, PORT_SCRIPT, "64k", 120)
 
 
 def test_same_results_on_the_micropython_unix_port(tmp_path):

@@ -13,8 +13,10 @@ from os import urandom
 
 from evse.authlist import Cache, LocalList
 from evse.compat import const
+from evse.connector import PLUGGED
 from evse.report import dumps
 
+_NEVER = const(0x3FFFFFFF)  # uptime s (34 years): still a small int on the ESP32
 _PENDING_MAX = const(8)  # requests in flight; more taps than this wait for the next ones
 _LATE_MAX = const(8)  # timed-out requests whose late answer still counts
 _STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "NoCredit")
@@ -115,7 +117,7 @@ class Auth:
             s = ses.cur[k]
             if (s is not None and s.closing is None) or not c.enabled or c.fault is not None:
                 continue  # (a grant waits while an ending session's record is written)
-            if c.cp in ("B", "C", "D") and not c.authorized:
+            if c.cp in PLUGGED and not c.authorized:
                 return k
             if c.cp == "A" and ses.grant[k] is None:
                 free = k
@@ -188,7 +190,7 @@ class Auth:
             self.out.pop(0)
         timeout = self.st.cfg["auth_timeout_s"]
         # A verification waits for the link however long: it is sent when the link is back.
-        until = self.st.uptime.s + timeout if kind != _VERIFY else 1 << 30
+        until = self.st.uptime.s + timeout if kind != _VERIFY else _NEVER
         self.pending.append([rid, id_tag, kind, k, until])
         self.out.append(dumps({"rid": rid, "id_tag": id_tag,
                                "connector": k + 1 if 0 <= k < len(self.st.connectors) else 0}))

@@ -311,8 +311,9 @@ class LocalList:
         src = None
         try:
             out = open(self._store.path(tmp), "wb")
+            w = self._store.write  # the board's flash write (the sim can tear it)
             try:
-                out.write(_MAGIC + struct.pack("<HHII", _REC, 0, version, n))
+                w(out, _MAGIC + struct.pack("<HHII", _REC, 0, version, n))
                 if merge and self.count:
                     src = open(self._store.path(self._name), "rb")
                     src.seek(_HDR)
@@ -321,7 +322,7 @@ class LocalList:
                     written = 0
                     for r in recs:
                         if r[_ST]:
-                            out.write(r)
+                            w(out, r)
                             written += 1
                 out.flush()
             finally:
@@ -348,6 +349,7 @@ class LocalList:
     def _merge(self, src, out, recs):
         """Streams the sorted old records and the sorted diff into out; RAM: one record."""
         old = self._rec
+        w = self._store.write
         left = self.count
         have = left and src.readinto(old) == _REC
         j = 0
@@ -355,13 +357,13 @@ class LocalList:
         while have or j < len(recs):
             d = _cmp(old, 0, recs[j]) if have and j < len(recs) else (-1 if have else 1)
             if d < 0:
-                out.write(old)
+                w(out, old)
                 written += 1
             else:
                 r = recs[j]
                 j += 1
                 if r[_ST]:
-                    out.write(r)
+                    w(out, r)
                     written += 1
                 if d > 0:
                     continue  # the old record is still to be placed

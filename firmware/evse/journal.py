@@ -70,6 +70,7 @@ class Journal:
         self.bytes = 0  # bytes written since boot
         self.bad = 0  # lines skipped at load: torn or corrupt
         self.acked = 0
+        self.limit = OUTBOX_MAX  # (the module's bound when built: tests make it small)
 
     # -- boot -------------------------------------------------------------------------------
     def load(self):
@@ -113,16 +114,9 @@ class Journal:
                 raw, _, extra = body.partition(b"\t")
                 m = json.loads(raw)
                 x = json.loads(extra) if extra else None
-                seq = m["seq"]
-                self._count(seq, m.get("sid"))
-                cid = m["connector"]
-                msgs.append((seq, off))
-                if m["event"] == "start":
-                    self.open[cid] = {"m": m, "x": x, "c": None}
-                else:
-                    o = self.open.get(cid)
-                    if o is not None and o["m"]["sid"] == m["sid"]:
-                        del self.open[cid]
+                self._count(m["seq"], m.get("sid"))
+                msgs.append((m["seq"], off))
+                self._track(m, x)
                 return
             d = json.loads(body)
             if kind == b"H":
@@ -160,13 +154,9 @@ class Journal:
         self.bytes += len(line)
         return off
 
-    @property
-    def OUTBOX_MAX(self):  # noqa: N802 - the module's bound, as the tests may set it
-        return OUTBOX_MAX
-
     def full(self, reserve):
         """Whether `reserve` more messages would overfill the outbox."""
-        return len(self.outbox) + reserve > OUTBOX_MAX
+        return len(self.outbox) + reserve > self.limit
 
     def next_sid(self, station_id):
         self.sid_n += 1
@@ -180,6 +170,11 @@ class Journal:
         body = payload if extra is None else payload + "\t" + json.dumps(extra)
         off = self._append(_line(b"M", body))
         self.outbox.append([self.seq, off])
+        self._track(m, extra)
+        return payload
+
+    def _track(self, m, extra):
+        """The open sessions, as a start or stop message changes them."""
         cid = m["connector"]
         if m["event"] == "start":
             self.open[cid] = {"m": m, "x": extra, "c": None}
@@ -187,7 +182,6 @@ class Journal:
             o = self.open.get(cid)
             if o is not None and o["m"]["sid"] == m["sid"]:
                 del self.open[cid]
-        return payload
 
     def checkpoint(self, cid, d):
         o = self.open.get(cid)
@@ -195,23 +189,28 @@ class Journal:
             o["c"] = d
             self._append(_line(b"C", json.dumps(d)))
 
+    def sent(self, seq):
+        """Whether seq was ever given out."""
+        return 1 <= seq <= self.seq
+
     def ack(self, seq):
-        """'ok', 'dup' (acknowledged before or never kept) or 'bad' (never sent)."""
-        if seq > self.seq or seq < 1:
-            return "bad"
+        """Drop seq from the outbox (an A line on flash): the index it had there, or None
+        when it is not there (acknowledged before, or never sent: see sent())."""
         for i, e in enumerate(self.outbox):
             if e[0] == seq:
                 self._append(_line(b"A", str(seq)))
                 self.outbox.pop(i)
                 self.acked += 1
-                return "ok"
-        return "dup"
+                return i
+        return None
 
-    def payload(self, offset):
+    def reader(self):
+        """The journal opened for payload(): one open for a batch of messages."""
+        return open(self.path, "rb")
+
+    def payload(self, offset, f):
         """The message written at offset, as first published (bytes), or None."""
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            rec = parse(f.readline())
+        rec = parse(self._raw(f, offset))
         if rec is None or rec[0] != b"M":
             return None
         return rec[1].partition(b"\t")[0]
@@ -227,7 +226,7 @@ class Journal:
         tmp = self.path + ".tmp"
         out = []
         size = 0
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, self.reader() as src:
             line = _line(b"H", json.dumps({"seq": self.seq, "sid": self.sid_n}))
             w = self._store.write
             w(f, line)
@@ -242,8 +241,8 @@ class Journal:
                 else:
                     open_seqs.add(o["m"]["seq"])
             for seq, off in self.outbox:
-                p = self._raw(off)
-                if p is None:
+                p = self._raw(src, off)
+                if parse(p) is None:
                     continue  # unreadable now: counted at the next boot
                 out.append([seq, size])
                 w(f, p)
@@ -259,8 +258,7 @@ class Journal:
         self.writes += 1
         self.bytes += size
 
-    def _raw(self, off):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            line = f.readline()
-        return line if parse(line) is not None else None
+    @staticmethod
+    def _raw(f, off):
+        f.seek(off)
+        return f.readline()

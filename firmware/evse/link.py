@@ -113,7 +113,7 @@ class Link:
             if payload is not None:
                 self.st.sessions.on_ack(payload)
         elif topic == self.base + "/auth/res":
-            if payload is not None and self.st.auth is not None:
+            if payload is not None:
                 self.st.auth.on_res(payload)
         elif topic == self._ha_status:
             if payload == b"online":
@@ -146,8 +146,7 @@ class Link:
         c.subscribe(self.base + "/grid", 0)  # a measurement: the next one replaces it
         c.subscribe(self.base + "/session/ack", 1)
         c.subscribe(self.base + "/auth/res", 1)
-        if st.auth is not None:
-            st.auth.online = True
+        st.auth.online = True
         self._ha_status = None
         if st.cfg["ha_discovery"]:
             self._ha_status = st.cfg["ha_prefix"] + "/status"
@@ -163,8 +162,7 @@ class Link:
         if self.up:
             self.up = False
             self.st.failsafe.link_down(now)
-            if self.st.auth is not None:
-                self.st.auth.online = False
+            self.st.auth.online = False
             if not deliberate:
                 self.reconnects += 1
         if self._log and not self._failing and not deliberate:

@@ -11,6 +11,7 @@ import json
 
 from evse import tariff as tariffs
 from evse.compat import const, ticks_add, ticks_diff
+from evse.connector import OUT_PWM, PLUGGED
 from evse.journal import Journal
 
 CHECKPOINT_S = const(300)  # an open session's meter reading and times, this often ...
@@ -176,7 +177,7 @@ class Sessions:
             for e in self.lost:
                 blocked = blocked or e[0] == c.id
         c.blocked = blocked
-        if c.cp not in ("B", "C", "D") or not c.enabled or c.fault is not None or c.halted:
+        if c.cp not in PLUGGED or not c.enabled or c.fault is not None or c.halted:
             return
         if g is None and not c.authorized and self.grant_any is not None:
             g = self.grant_any  # a card presented before any EV was plugged in
@@ -238,7 +239,8 @@ class Sessions:
             s.charging_s += dt
             if r is None or r[2] >= _IDLE_W:
                 s.drawn = True  # (no meter: a closed contactor is the best evidence)
-        if s.drawn and c.out == 1 and (not c.contactor or (r is not None and r[2] < _IDLE_W)):
+        if s.drawn and c.out == OUT_PWM and (
+                not c.contactor or (r is not None and r[2] < _IDLE_W)):
             s.idle_s += dt  # offered current and not taking it: the bay is blocked
         if s.max_s is not None and up - s.start_s >= s.max_s:
             self.stop(k, "TimeLimitReached")
@@ -265,7 +267,7 @@ class Sessions:
             left = s.max_wh - used
             why = "EnergyLimitReached"
         if s.max_cost is not None and s.tariff is not None:
-            c = tariffs.cost(s.tariff, used, s.charging_s, s.idle_s)
+            c = s.cost()
             allowed = tariffs.max_energy_wh(s.tariff, s.max_cost,
                                             c["total_millis"] - c["energy_millis"])
             if allowed is not None and (left is None or allowed - used < left):
@@ -282,8 +284,7 @@ class Sessions:
 
     def _cost_cap(self, k, s):
         """Each second: the time and idle prices may use the budget up too."""
-        c = tariffs.cost(s.tariff, s.energy(), s.charging_s, s.idle_s)
-        if c["total_millis"] >= s.max_cost:
+        if s.cost()["total_millis"] >= s.max_cost:
             self.stop(k, "LocalOutOfCredit")
 
     def _reason(self, k, c):
@@ -296,7 +297,7 @@ class Sessions:
             return "Reboot"
         if not c.enabled:
             return "Remote"
-        if c.cp not in ("B", "C", "D"):
+        if c.cp not in PLUGGED:
             return "EVDisconnected"
         return "Other"
 
@@ -355,8 +356,8 @@ class Sessions:
         kept, up to half the outbox (still sent after each connect), the oldest let go."""
         j = self.journal
         if not self.acked():
-            while len(j.outbox) > j.OUTBOX_MAX // 2:
-                j.ack(j.outbox[0][0])
+            while len(j.outbox) > j.limit // 2:
+                self._dropped(j.ack(j.outbox[0][0]))
 
     def _power_loss(self, up):
         """Sessions the power cut ended: closed with the meter's reading at boot."""
@@ -391,11 +392,14 @@ class Sessions:
         if self._sent_s is not None and up - self._sent_s >= _RESEND_S and j.outbox \
                 and self._cursor >= len(j.outbox):
             self.rewind()  # connected for long, still unacknowledged: maybe nobody got it
-        while self._cursor < len(j.outbox):
-            p = j.payload(j.outbox[self._cursor][1])
-            if p is not None and not send(p):
-                return
-            self._cursor += 1
+        if self._cursor >= len(j.outbox):
+            return  # (the usual case, every loop: nothing opened)
+        with j.reader() as f:
+            while self._cursor < len(j.outbox):
+                p = j.payload(j.outbox[self._cursor][1], f)
+                if p is not None and not send(p):
+                    return
+                self._cursor += 1
 
     def on_ack(self, payload):
         """<base>/session/ack {"seq": n}: bad ones change nothing and are counted."""
@@ -408,20 +412,20 @@ class Sessions:
             self.acks_bad += 1
             return "bad"
         j = self.journal
-        i = 0
-        for e in j.outbox:
-            if e[0] == seq:
-                break
-            i += 1
-        res = j.ack(seq)
-        if res == "ok":
-            if i < self._cursor:
-                self._cursor -= 1
-        elif res == "bad":
+        if not j.sent(seq):
             self.acks_bad += 1
-        else:
+            return "bad"
+        i = j.ack(seq)
+        if i is None:
             self.acks_dup += 1
-        return res
+            return "dup"
+        self._dropped(i)
+        return "ok"
+
+    def _dropped(self, i):
+        """The outbox lost its entry i: the publishing cursor keeps its message."""
+        if i is not None and i < self._cursor:
+            self._cursor -= 1
 
     def figures(self):
         """diag.sessions"""

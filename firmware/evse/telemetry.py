@@ -28,6 +28,9 @@ class Telemetry:
         self._config_due = False
         self._meter_ms = [None] * len(station.connectors)
         self.lost = 0  # messages that could never be sent (larger than the outbox allows)
+        # Bound once: a bound method taken in poll() would be a new object every loop.
+        self._session_cb = self._session
+        self._auth_req_cb = self._auth_req
 
     def connected(self, pub, base):
         """A new connection: `pub(topic, payload, retain, qos)` -> True (queued), False
@@ -87,9 +90,8 @@ class Telemetry:
                 break
             st.events.pop()
         # 4. Session messages (oldest first, until acknowledged) and card requests.
-        st.sessions.publish(self._session)
-        if st.auth is not None:
-            st.auth.publish(self._auth_req)
+        st.sessions.publish(self._session_cb)
+        st.auth.publish(self._auth_req_cb)
         # 5. Meter readings at their cadence.
         self._meter(now)
         # 6. Discovery configs, as room allows.
