@@ -29,7 +29,7 @@ BOARD_PY    = $(filter-out %manifest.py,$(wildcard boards/$(BOARD)/*.py) \
                 $(foreach d,$(SHARED_$(BOARD)),$(wildcard $(d)/*.py)))
 IMAGE       := build/image/evse-$(BOARD).bin
 
-.PHONY: all venv libs broker lint test sim mpy bench bench-site deploy repl firmware clean
+.PHONY: all venv libs broker postgres lint test sim mpy bench bench-site bench-fleet deploy repl firmware clean
 
 all: test
 
@@ -55,12 +55,25 @@ broker:
 	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)); \
 	  else echo "mosquitto not found and cannot install it (not root)"; fi; }
 
+# PostgreSQL's server for the shared-ledger tests (tools/pgserver.py starts a throwaway one);
+# the Debian package when we may install it. Without it those tests run on SQLite only.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postgresql (Debian package)"; \
+	    (apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)); \
+	  else echo "postgresql not found and cannot install it (not root)"; fi; }
+
 # ruff (configured in pyproject.toml) on the whole tree; CI runs it after the tests.
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv libs broker
-	$(BIN)/python -m pytest -q tests
+# Two pytest workers (pytest-xdist): most scenario tests wait on the simulated world rather
+# than compute, so two run side by side on two cores; TEST_JOBS=0 runs them in one process.
+TEST_JOBS ?= 2
+test: venv libs broker postgres
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) tests
 
 sim: venv libs
 	@-$(MAKE) --no-print-directory broker
@@ -84,6 +97,13 @@ bench: venv libs broker
 SITE_PRESETS ?= all
 bench-site: venv libs broker
 	$(BIN)/python tools/site.py --preset $(SITE_PRESETS) --out build/site --plot
+
+# The fleet at scale (tools/benchfleet.py): 1,000 stations running the firmware's code against
+# one mosquitto, the fleet tool, the ledger and the OCPP bridge; figures printed. Not in `test`.
+# FLEET_ARGS="--stations 50" for a quick run.
+FLEET_ARGS ?=
+bench-fleet: venv libs broker postgres
+	$(BIN)/python tools/benchfleet.py $(FLEET_ARGS)
 
 # Copy firmware (compiled to .mpy: a board then needs no RAM to compile it), the chosen
 # board (with the modules it shares, SHARED_<board>) and ulogging to a board over USB

@@ -24,11 +24,15 @@ def mosquitto_path():
     )
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 def _wait_port(port, proc, timeout=10.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError("broker exited with %s" % proc.returncode)
+            raise _PortTaken("broker exited with %s" % proc.returncode)
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -41,7 +45,18 @@ class Broker:
     """A broker process on 127.0.0.1:port; stop() ends it. `kind` says which one."""
 
     def __init__(self, port=None, allow_fallback=True, extra_conf="", per_listener=False):
-        self.port = port or free_port()
+        # A port chosen here may be taken by another process before the broker binds it
+        # (the broker then exits): choose again, a few times.
+        for attempt in range(5):
+            try:
+                self._start(port or free_port(), allow_fallback, extra_conf, per_listener)
+                return
+            except _PortTaken as e:
+                if port or attempt == 4:
+                    raise RuntimeError("broker did not start: %s" % e)
+
+    def _start(self, port, allow_fallback, extra_conf, per_listener):
+        self.port = port
         self.dir = tempfile.mkdtemp(prefix="evse-broker-")
         exe = mosquitto_path()
         if exe:
@@ -77,6 +92,10 @@ class Broker:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             _wait_port(self.port, self.proc)
+            # Someone else's listener on the port would also answer: the broker must live.
+            time.sleep(0.05)
+            if self.proc.poll() is not None:
+                raise _PortTaken()
         except Exception:
             self.stop()
             raise

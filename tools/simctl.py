@@ -52,12 +52,11 @@ class Station:
                  firmware=None, sim_args=(), console=False):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="evse-state-")
         self.id = station_id
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        # Port 0: the runner binds a free port itself and names it on its READY line, so
+        # no other process can take the port between choosing and binding it.
+        self.port = None
         cmd = [sys.executable, os.path.join(HERE, "sim.py"), "--id", station_id,
-               "--state-dir", self.state_dir, "--control-port", str(self.port),
+               "--state-dir", self.state_dir, "--control-port", "0",
                "--connectors", str(connectors)]
         if broker:
             cmd += ["--broker", broker]
@@ -132,6 +131,7 @@ class Station:
         if not line[0] or b"READY" not in line[0]:
             self.kill()
             raise RuntimeError("station not ready: %r\n%s" % (line[0], self.stderr()))
+        self.port = int(line[0].split(b"READY", 1)[1].split()[0])
 
     def stderr(self):
         try:
