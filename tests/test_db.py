@@ -1,9 +1,8 @@
 """tools/db.py: the same SQL, parameters and transactions on SQLite and on PostgreSQL."""
 
-import pytest
-
 import db
 import pgserver
+import pytest
 
 
 @pytest.fixture(scope="module")

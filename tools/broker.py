@@ -53,7 +53,7 @@ class Broker:
                 return
             except _PortTaken as e:
                 if port or attempt == 4:
-                    raise RuntimeError("broker did not start: %s" % e)
+                    raise RuntimeError("broker did not start: %s" % e) from None
 
     def _start(self, port, allow_fallback, extra_conf, per_listener):
         self.port = port

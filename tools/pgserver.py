@@ -38,7 +38,7 @@ class PgServer:
         subprocess.run(pre + [pg_bin("initdb"), "-D", data, "-U", self.user, "-A", "trust",
                               "--no-sync", "-E", "UTF8"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for attempt in range(5):
+        for _attempt in range(5):
             self.port = free_port()
             opts = "-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=on" % (self.port, self.dir)
             r = subprocess.run(pre + [pg_bin("pg_ctl"), "-D", data, "-o", opts, "-w", "-t", "30",
