@@ -1,8 +1,9 @@
 """tools/db.py: the same SQL, parameters and transactions on SQLite and on PostgreSQL."""
 
+import pytest
+
 import db
 import pgserver
-import pytest
 
 
 @pytest.fixture(scope="module")
