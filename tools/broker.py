@@ -91,14 +91,28 @@ class Broker:
         self.log = open(os.path.join(self.dir, "broker.log"), "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         try:
+            if self.kind == "mosquitto":
+                # Someone else's listener on the port would also answer a connect: wait for
+                # mosquitto's own word that it listens ("... running").
+                self._wait_running()
             _wait_port(self.port, self.proc)
-            # Someone else's listener on the port would also answer: the broker must live.
-            time.sleep(0.05)
-            if self.proc.poll() is not None:
-                raise _PortTaken()
         except Exception:
             self.stop()
             raise
+
+    def _wait_running(self, timeout=10.0):
+        path = os.path.join(self.dir, "broker.log")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with open(path, "rb") as f:
+                text = f.read()
+            if self.proc.poll() is not None:
+                raise _PortTaken("mosquitto exited with %s: %s" % (
+                    self.proc.returncode, text[-300:].decode("utf-8", "replace")))
+            if b" running" in text:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start: %s" % text[-300:])
 
     def stop(self):
         if self.proc.poll() is None:
