@@ -533,7 +533,7 @@ def test_parse_assignments_and_values():
 
 
 def test_ledger_and_report_subcommands_are_registered_when_present(monkeypatch, capsys):
-    def add_parser(subparsers):
+    def add_parser(subparsers, parents=()):
         p = subparsers.add_parser("ledger-demo", help="demo")
         p.set_defaults(func=lambda args: 7)
 
