@@ -25,24 +25,10 @@ def connect(url):
     return Sqlite(url)
 
 
-class Sqlite:
-    kind = "sqlite"
+class _Db:
+    """What both have: transactions that nest (the outermost one commits)."""
 
-    def __init__(self, path):
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        # Autocommit; transaction() issues BEGIN IMMEDIATE so that two processes (the ledger
-        # worker and a fleet command) wait for each other instead of failing.
-        self.con = sqlite3.connect(path, isolation_level=None, timeout=30.0,
-                                   check_same_thread=False)
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA synchronous=FULL")  # a committed record survives a power cut
-        self.con.execute("PRAGMA busy_timeout=30000")
-        self._depth = 0
-
-    def execute(self, sql, **params):
-        """Run one statement; the rows it returns (a list of tuples)."""
-        return self.con.execute(sql, params).fetchall()
+    _depth = 0
 
     @contextmanager
     def transaction(self):
@@ -53,23 +39,48 @@ class Sqlite:
             finally:
                 self._depth -= 1
             return
-        self.con.execute("BEGIN IMMEDIATE")
+        self._run(self._BEGIN)
         self._depth = 1
         try:
             yield self
         except BaseException:
             self._depth = 0
-            self.con.execute("ROLLBACK")
+            self._run("ROLLBACK")
             raise
         self._depth = 0
-        self.con.execute("COMMIT")
+        self._run("COMMIT")
 
     def close(self):
         self.con.close()
 
 
-class Postgres:
+class Sqlite(_Db):
+    kind = "sqlite"
+    # Two processes (the ledger worker and a fleet command) wait for each other instead of
+    # failing: the write lock is taken at BEGIN.
+    _BEGIN = "BEGIN IMMEDIATE"
+
+    def __init__(self, path):
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        # Autocommit outside transaction().
+        self.con = sqlite3.connect(path, isolation_level=None, timeout=30.0,
+                                   check_same_thread=False)
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("PRAGMA synchronous=FULL")  # a committed record survives a power cut
+        self.con.execute("PRAGMA busy_timeout=30000")
+
+    def _run(self, sql):
+        self.con.execute(sql)
+
+    def execute(self, sql, **params):
+        """Run one statement; the rows it returns (a list of tuples)."""
+        return self.con.execute(sql, params).fetchall()
+
+
+class Postgres(_Db):
     kind = "postgresql"
+    _BEGIN = "BEGIN"
 
     def __init__(self, m):
         import pg8000.native
@@ -85,30 +96,9 @@ class Postgres:
             kw["host"] = m.group("host") or "127.0.0.1"
             kw["port"] = int(m.group("port") or 5432)
         self.con = pg8000.native.Connection(**kw)
-        self._depth = 0
+
+    def _run(self, sql):
+        self.con.run(sql)
 
     def execute(self, sql, **params):
         return [tuple(r) for r in (self.con.run(sql, **params) or [])]
-
-    @contextmanager
-    def transaction(self):
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self
-            finally:
-                self._depth -= 1
-            return
-        self.con.run("BEGIN")
-        self._depth = 1
-        try:
-            yield self
-        except BaseException:
-            self._depth = 0
-            self.con.run("ROLLBACK")
-            raise
-        self._depth = 0
-        self.con.run("COMMIT")
-
-    def close(self):
-        self.con.close()
