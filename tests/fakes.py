@@ -128,6 +128,18 @@ class FakeBoard(BoardBase):
         self.connectors = [FakeHal() for _ in range(connectors)]
         self.temp = 25.0
         self.unix = 1764000000
+        # A full flash: writes raise OSError(ENOSPC); flash_prefix bytes of each still land
+        # (littlefs lands none; another filesystem may keep a prefix).
+        self.flash_full = False
+        self.flash_prefix = 0
+        self.flash_refused = 0
+
+    def flash_write(self, f, data):
+        if self.flash_full:
+            self.flash_refused += 1
+            f.write(data[:self.flash_prefix])
+            raise OSError(28)
+        f.write(data)
 
     def temp_c(self):
         return self.temp

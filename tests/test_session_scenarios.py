@@ -10,7 +10,7 @@ import time
 from backend import BASE, Backend
 from broker import Broker
 from mqttc import Collector
-from scenario import charging
+from scenario import charging, next_event, wait_event
 
 
 def sessions(be, since, n, timeout=20.0):
@@ -315,5 +315,45 @@ def test_power_cut_fuzz(tmp_path):
         assert len(done) + 1 <= a["list_entries"] <= 1 + a["list_version"] - 3
         assert not [p for t, p, *_ in be.mq.after(m) if b"AuthListCorrupt" in p]
         assert kinds["torn"] and kinds["time"]
+    finally:
+        be.stop()
+
+
+def test_a_full_flash_holds_sessions_back_and_loses_no_record(tmp_path):
+    """The sim's flash refuses every write (littlefs full: ENOSPC): no session starts
+    without its record, the contactor still opens on unplug, and both records arrive once
+    the flash works, seq without a gap. Break: set up the session before its start is
+    written, or give out the seq before the write."""
+    be = Backend(tmp_path)
+    try:
+        st = be.st
+        w = next_event(st)
+        m = be.mark()
+        st.op("flash", full=True)
+        st.op("plug")
+        st.op("ev", request=True, respond_s=0.2)
+        wait_event(st, "flash_refused", since=w, timeout=10, connector=0)  # it tried
+        be.event("StorageFailure", since=m, pred=lambda d: d["connector"] == 1)
+        time.sleep(1.0)
+        snap = st.op("get")
+        assert snap["plugged"] and snap["pwm_duty_pct"] is None and not snap["contactor"]
+        assert not sessions(be, m, 1, timeout=0.1)
+        st.op("flash", full=False)
+        be.event("StorageRestored", since=m, timeout=15)
+        st.wait_for(lambda x: x["contactor"], timeout=5, what="charging once recorded")
+        start = sessions(be, m, 1)[0]
+        assert start["event"] == "start" and start["seq"] == 1
+        # Full again while charging: the EV leaves, the contactor opens all the same.
+        w = next_event(st)
+        st.op("flash", full=True)
+        st.op("unplug")
+        wait_event(st, "contactor", False, since=w, timeout=5)
+        wait_event(st, "flash_refused", since=w, timeout=10, connector=0)
+        time.sleep(0.5)
+        assert len(sessions(be, m, 2, timeout=0.1)) == 1  # the stop waits for the flash
+        st.op("flash", full=False)
+        got = sessions(be, m, 2, timeout=20)
+        assert [(g["event"], g["seq"]) for g in got] == [("start", 1), ("stop", 2)]
+        assert got[1]["sid"] == start["sid"] and got[1]["reason"] == "EVDisconnected"
     finally:
         be.stop()

@@ -4,7 +4,9 @@ Flash writes: the sim board asks before each write how many of its bytes reach t
 (`F <n>` -> how many). Normally all; after the `flash` op armed a cut, the write that
 crosses the armed byte count stops there and the power goes (the whole runner is killed as
 by SIGKILL), so a torn write leaves exactly a prefix on the files, as on a flash without
-atomic writes.
+atomic writes. A full flash (the `flash` op's `full`) refuses every write whole (`-1`): the
+board raises OSError(ENOSPC) and nothing reaches the file, as littlefs commits nothing of a
+write it cannot finish.
 
 The meter's energy register is kept in a file next to the station's flash: a real meter
 keeps its register through the station's power cuts. It is saved whenever the firmware
@@ -18,14 +20,20 @@ import signal
 class Flash:
     def __init__(self):
         self.cut_after = None  # bytes still to write before the power goes, or None
+        self.full = False  # every write refused (no space left)
         self.writes = 0
         self.bytes = 0
+        self.refused = 0
 
     def arm(self, after_bytes):
         self.cut_after = after_bytes
 
     def allow(self, n):
-        """How many of a write's n bytes land before the power goes (n: all of them)."""
+        """How many of a write's n bytes land before the power goes (n: all of them; -1:
+        none, the flash is full)."""
+        if self.full:
+            self.refused += 1
+            return -1
         self.writes += 1
         c = self.cut_after
         if c is None or c >= n:

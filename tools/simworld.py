@@ -619,7 +619,10 @@ class World:
                 got = self.rfid.spi(bytes.fromhex(f[1]) if len(f) > 1 else b"", op == "R", t)
                 return got.hex() + "\n"
             if op == "F":
-                return "%d\n" % self.flash.allow(int(f[1]))  # tools/simflash.py
+                n = self.flash.allow(int(f[1]))  # tools/simflash.py
+                if n < 0:
+                    self.event(t, "flash_refused", int(f[1]), 0)
+                return "%d\n" % n
             if op == "PC":
                 power_cut()
                 return None
@@ -850,12 +853,24 @@ class World:
 
     def op_flash(self, req, t):
         """Arm a power cut: it comes when `cut_after_bytes` more bytes were written to the
-        flash, in the middle of the write that crosses it (a torn write)."""
+        flash, in the middle of the write that crosses it (a torn write). `full`: every
+        write is refused (no space left) until `full` is false again."""
         n = req.get("cut_after_bytes")
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10**7:
+        full = req.get("full")
+        if "cut_after_bytes" not in req and "full" not in req:
+            raise ValueError("give cut_after_bytes or full")
+        if "cut_after_bytes" in req and (
+                isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10**7):
             raise ValueError("cut_after_bytes must be an integer from 0 to 10000000")
-        self.flash.arm(n)
-        return {"writes": self.flash.writes, "bytes": self.flash.bytes}
+        if "full" in req and not isinstance(full, bool):
+            raise ValueError("full must be true or false")
+        if "cut_after_bytes" in req:
+            self.flash.arm(n)
+        if "full" in req:
+            self.flash.full = full
+            self.event(t, "flash_full", full, 0)
+        return {"writes": self.flash.writes, "bytes": self.flash.bytes,
+                "refused": self.flash.refused}
 
     def op_meter(self, req, t):
         # All checked before anything changes.

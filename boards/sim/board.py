@@ -382,8 +382,11 @@ class Board(BoardBase):
 
     def flash_write(self, f, data):
         """The runner says how much of this write reaches the flash before a power cut it
-        has armed (the `flash` op): a torn write leaves a prefix, then the power goes."""
+        has armed (the `flash` op): a torn write leaves a prefix, then the power goes; or
+        that the flash is full (-1): nothing is written, OSError(ENOSPC)."""
         n = int(self._w.ask(b"F %d\n" % len(data)))
+        if n < 0:
+            raise OSError(28)  # ENOSPC: the flash is full, nothing of it was written
         if n >= len(data):
             f.write(data)
             return

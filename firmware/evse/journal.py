@@ -66,6 +66,7 @@ class Journal:
         self.outbox = []  # [seq, offset], oldest first
         self.open = {}  # connector id -> {"m": start message, "x": extra, "c": checkpoint}
         self.size = 0
+        self.torn = False  # a failed write may have left a prefix at the end of the file
         self.writes = 0  # appends and compactions since boot (flash wear)
         self.bytes = 0  # bytes written since boot
         self.bad = 0  # lines skipped at load: torn or corrupt
@@ -145,14 +146,35 @@ class Journal:
 
     # -- writing ----------------------------------------------------------------------------
     def _append(self, line):
+        """Write one line; OSError (the flash is full, or failing) changes nothing here."""
+        if self.torn:
+            line = b"\n" + line  # end the prefix a failed write left: one corrupt line
         off = self.size
-        with open(self.path, "ab") as f:
-            self._store.write(f, line)
+        try:
+            with open(self.path, "ab") as f:
+                self._store.write(f, line)
+        except OSError:
+            self._resync()
+            raise
         # closed: on littlefs a file's new data is committed at close, not before
+        if self.torn:
+            self.torn = False
+            off += 1
         self.size += len(line)
         self.writes += 1
         self.bytes += len(line)
         return off
+
+    def _resync(self):
+        """After a failed write: whatever part of it reached the file counts in the size
+        (littlefs commits none of it; another filesystem may keep a prefix)."""
+        try:
+            n = os.stat(self.path)[6]
+        except OSError:
+            return
+        if n != self.size:
+            self.size = n
+            self.torn = True
 
     def full(self, reserve):
         """Whether `reserve` more messages would overfill the outbox."""
@@ -163,13 +185,15 @@ class Journal:
         return "%s-%06d" % (station_id, self.sid_n)
 
     def message(self, m, extra=None):
-        """Give m the next seq, write it, queue it; returns the payload to publish."""
-        self.seq += 1
-        m["seq"] = self.seq
+        """Give m the next seq, write it, queue it; returns the payload to publish. A write
+        that fails (OSError) gives out no seq: the next message gets the same one."""
+        seq = self.seq + 1
+        m["seq"] = seq
         payload = dumps(m)  # compact, as everything the station publishes
         body = payload if extra is None else payload + "\t" + json.dumps(extra)
         off = self._append(_line(b"M", body))
-        self.outbox.append([self.seq, off])
+        self.seq = seq
+        self.outbox.append([seq, off])
         self._track(m, extra)
         return payload
 
@@ -255,6 +279,7 @@ class Journal:
         os.rename(tmp, self.path)
         self.outbox = out
         self.size = size
+        self.torn = False
         self.writes += 1
         self.bytes += size
 

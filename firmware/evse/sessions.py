@@ -19,6 +19,7 @@ CHECKPOINT_IDLE_S = const(1800)  # ... when they changed, else this often (a par
 _IDLE_W = const(100)  # below this the EV is taken as drawing nothing
 _PLAN_MS = const(1500)  # a cap due within this (the next reading, 1 s, and some) is timed
 _RESEND_S = const(300)  # unacknowledged messages go out again this often while connected
+_STORE_RETRY_S = const(10)  # after a failed flash write, session writes wait this long
 _FAULT_REASON = {"GroundFailure": "GroundFault", "OverCurrentFailure": "OvercurrentFault"}
 
 
@@ -76,6 +77,7 @@ class Sessions:
         self.lost = list(self.journal.open.items())
         self.refused = 0
         self._full = False
+        self.store_fail = None  # uptime s of the last failed flash write, while they fail
         self._cursor = 0
         self._sent_s = None
         self.acks_bad = 0
@@ -149,12 +151,16 @@ class Sessions:
             st.events.add("info", "AuthorizationExpired", 0,
                           "no EV plugged in within connection_timeout_s")
         j = self.journal
-        if j.size >= 16384:  # (cheap test first: nothing allocated in the usual loop)
+        if j.size >= 16384 and self._may_write(up):  # (cheap tests first: every loop)
             loaded = False
             for c in st.connectors:
                 loaded = loaded or c.contactor
             if j.due(loaded):
-                j.compact()
+                try:
+                    j.compact()
+                except OSError as e:
+                    self._write_failed(e, 0)
+                    return
                 self._cursor = min(self._cursor, len(j.outbox))
 
     def _maybe_start(self, k, c, up):
@@ -169,7 +175,7 @@ class Sessions:
             self._full = False
         # No new session while the outbox is full or the session the power cut ended is not
         # closed yet; a free-mode connector must not authorize itself meanwhile.
-        blocked = full
+        blocked = full or not self._may_write(up)
         m = self.st.metering.meters[k]
         if m is not None and m.reading is None and not c.meter_failed:
             blocked = True  # a meter is there: the start waits for its first reading (boot)
@@ -195,12 +201,15 @@ class Sessions:
                                    "%d unacknowledged session messages: no new session"
                                    % len(self.journal.outbox))
             return
-        if g is None:
+        granted = g is not None
+        if not granted:
             g = (None, "free", None, (None, None, None), 0)  # plug and charge
-        elif c.finished:
+        if not self._start(k, c, g, up):
+            c.authorized = False
+            return  # not on flash: no session, no charging; tried again after a pause
+        if granted:
             c.finished = False  # a new authorization after a stop, same plug-in
         self.grant[k] = None
-        self._start(k, c, g, up)
         c.authorized = True
 
     def _start(self, k, c, g, up):
@@ -212,12 +221,19 @@ class Sessions:
         s = Session(sid, c.id, id_tag, auth, group, caps, self.tariff, st.board.unix_time(),
                     wh, up)
         s.reading = r
-        self.cur[k] = s
-        self.reason[k] = None
         m = {"event": "start", "sid": sid, "connector": c.id, "id_tag": id_tag, "auth": auth,
              "start_ts": s.start_ts, "meter_start_wh": wh}
-        self.journal.message(m, {"t": s.tariff, "g": group})
+        # On flash first: a session the station could not record does not start.
+        try:
+            self.journal.message(m, {"t": s.tariff, "g": group})
+        except OSError as e:
+            self._write_failed(e, c.id)
+            return False
+        self._written()
+        self.cur[k] = s
+        self.reason[k] = None
         self._trim()
+        return True
 
     def _account(self, k, c, s, up, now):
         """Per loop: a fresh meter reading is checked against the caps at once; times
@@ -251,9 +267,13 @@ class Sessions:
             if key != s.ck_key or up - s.ck_s >= CHECKPOINT_IDLE_S:
                 s.ck_key = key
                 s.ck_s = up
-                self.journal.checkpoint(c.id, {"sid": s.sid, "wh": s.wh, "d": up - s.start_s,
-                                                "cs": s.charging_s, "i": s.idle_s,
-                                                "ts": self.st.board.unix_time()})
+                try:
+                    self.journal.checkpoint(c.id, {"sid": s.sid, "wh": s.wh,
+                                                   "d": up - s.start_s, "cs": s.charging_s,
+                                                   "i": s.idle_s,
+                                                   "ts": self.st.board.unix_time()})
+                except OSError as e:
+                    self._write_failed(e, c.id)  # the next checkpoint, or the stop, will do
 
     def _caps(self, k, s, p_w, t_ms):
         """At each fresh reading: the energy still allowed (by max_wh, or by max_cost_millis
@@ -322,11 +342,19 @@ class Sessions:
             else:
                 return
         up = st.uptime.s
+        if not final and not self._may_write(up):
+            return
+        try:
+            self._write_stop(s.sid, c.id, s.id_tag, s.start_ts, st.board.unix_time(),
+                             s.meter_start, s.wh, up - s.start_s, s.charging_s, s.idle_s,
+                             reason, estimated, s.tariff)
+        except OSError as e:
+            self._write_failed(e, c.id)
+            if not final:
+                return  # the session stays, closing: its stop is written once flash works
+            # Before a reset: its start is on flash, so the next boot closes it (PowerLoss).
         self.cur[k] = None
         self.reason[k] = None
-        self._write_stop(s.sid, c.id, s.id_tag, s.start_ts, st.board.unix_time(),
-                         s.meter_start, s.wh, up - s.start_s, s.charging_s, s.idle_s,
-                         reason, estimated, s.tariff)
         if self.on_stop is not None:
             self.on_stop(s, reason)
 
@@ -349,6 +377,7 @@ class Sessions:
         if tariff is not None:
             m["cost"] = tariffs.cost(tariff, energy, cs, idle)
         self.journal.message(m)
+        self._written()
         self._trim()
 
     def _trim(self):
@@ -362,6 +391,8 @@ class Sessions:
     def _power_loss(self, up):
         """Sessions the power cut ended: closed with the meter's reading at boot."""
         st = self.st
+        if not self._may_write(up):
+            return
         keep = []
         for cid, o in self.lost:
             k = cid - 1
@@ -372,11 +403,16 @@ class Sessions:
                 continue
             m, x, ck = o["m"], o["x"] or {}, o["c"] or {}
             wh = r[3] if r is not None else ck.get("wh", m["meter_start_wh"])
+            try:
+                self._write_stop(m["sid"], cid, m["id_tag"], m["start_ts"],
+                                 ck.get("ts", m["start_ts"]), m["meter_start_wh"], wh,
+                                 ck.get("d", 0), ck.get("cs", 0), ck.get("i", 0),
+                                 "PowerLoss", r is None and not meterless, x.get("t"))
+            except OSError as e:
+                self._write_failed(e, cid)
+                keep.append((cid, o))
+                continue
             self.journal.open.pop(cid, None)
-            self._write_stop(m["sid"], cid, m["id_tag"], m["start_ts"],
-                             ck.get("ts", m["start_ts"]), m["meter_start_wh"], wh,
-                             ck.get("d", 0), ck.get("cs", 0), ck.get("i", 0), "PowerLoss",
-                             r is None and not meterless, x.get("t"))
         self.lost = keep
 
     # -- the backend side -------------------------------------------------------------------
@@ -415,12 +451,35 @@ class Sessions:
         if not j.sent(seq):
             self.acks_bad += 1
             return "bad"
-        i = j.ack(seq)
+        try:
+            i = j.ack(seq)
+        except OSError as e:
+            self._write_failed(e, 0)  # still in the outbox: sent again, acknowledged again
+            return "bad"
         if i is None:
             self.acks_dup += 1
             return "dup"
         self._dropped(i)
         return "ok"
+
+    # -- a flash that fails -------------------------------------------------------------------
+    def _may_write(self, up):
+        """Session writes go ahead unless one failed less than _STORE_RETRY_S ago."""
+        f = self.store_fail
+        return f is None or up - f >= _STORE_RETRY_S
+
+    def _write_failed(self, e, cid):
+        """A flash write failed (full, or worn out): no new session until one works, the
+        running ones go on; their records are written once it works again."""
+        if self.store_fail is None:
+            self.st.events.add("error", "StorageFailure", cid,
+                               "flash write failed (%s): no new session" % e)
+        self.store_fail = self.st.uptime.s
+
+    def _written(self):
+        if self.store_fail is not None:
+            self.store_fail = None
+            self.st.events.add("info", "StorageRestored", 0, "flash writes work again")
 
     def _dropped(self, i):
         """The outbox lost its entry i: the publishing cursor keeps its message."""
