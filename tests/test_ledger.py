@@ -20,7 +20,7 @@ import db
 import ledger
 import pgserver
 import report
-from broker import Broker
+from broker import Broker, stop_process
 from mqttc import Collector
 from scenario import charging
 from simctl import Station
@@ -493,13 +493,7 @@ class WorkerProc:
             self.proc.send_signal(sig)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.log.close()
 
 

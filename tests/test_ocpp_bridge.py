@@ -20,7 +20,7 @@ from ocpp.v16.enums import Action
 from websockets.asyncio.server import basic_auth, serve
 
 from backend import Backend
-from broker import Broker, free_port
+from broker import Broker, free_port, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CP_ID = "evse-435031"
@@ -213,12 +213,7 @@ class BridgeProc:
         self.proc.wait()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, 10)
         self.err.close()
 
 

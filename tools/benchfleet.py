@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from broker import Broker  # noqa: E402
+from broker import Broker, stop_process  # noqa: E402
 from fleetsim import rss_kb  # noqa: E402
 
 PREFIX = "evse"
@@ -153,12 +153,7 @@ class Child:
                 self.proc.stdin.close()  # EOF: the child ends and cleans up after itself
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                stop_process(self.proc)
 
 
 class Observer:
@@ -360,13 +355,8 @@ class LedgerWorker:
 
     def stop(self):
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()  # the worker commits what it holds, then exits
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            if self.proc is not None:
+                stop_process(self.proc, 15)  # the worker commits what it holds, then exits
         finally:
             if self.log is not None:
                 self.log.close()
@@ -632,13 +622,8 @@ class OcppPhase:
 
     def stop(self):
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            if self.proc is not None:
+                stop_process(self.proc, 15)
         finally:
             if self.err is not None:
                 self.err.close()

@@ -10,6 +10,17 @@ import tempfile
 import time
 
 
+def stop_process(proc, timeout_s=5.0):
+    """SIGTERM, and SIGKILL if it has not ended within timeout_s; waits for the end."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -115,13 +126,7 @@ class Broker:
         raise RuntimeError("mosquitto did not start: %s" % text[-300:])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

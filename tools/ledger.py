@@ -785,15 +785,24 @@ def _fmt_time(ms):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000.0)) if ms else "-"
 
 
-def cmd_status(args):
-    store, rc = _open_store(args)
-    if store is None:
-        return rc
-    try:
-        st = store.status()
-        gaps = store.gaps() if args.gaps else []
-    finally:
-        store.close()
+def _with_store(cmd):
+    """cmd(args, store) on the opened ledger, closed afterwards; an unopenable one is
+    reported (its exit status)."""
+    def run(args):
+        store, rc = _open_store(args)
+        if store is None:
+            return rc
+        try:
+            return cmd(args, store)
+        finally:
+            store.close()
+    return run
+
+
+@_with_store
+def cmd_status(args, store):
+    st = store.status()
+    gaps = store.gaps() if args.gaps else []
     if args.json:
         print(json.dumps({"stations": st, "gaps": [list(g) for g in gaps]}, indent=1,
                          sort_keys=True))
@@ -815,26 +824,16 @@ def cmd_status(args):
     return 0
 
 
-def cmd_rejects(args):
-    store, rc = _open_store(args)
-    if store is None:
-        return rc
-    try:
-        for station, seq, reason, times, raw in store.rejects():
-            print("%s seq %s (%d times): %s\n  %s" % (station, seq, times, reason, raw[:300]))
-    finally:
-        store.close()
+@_with_store
+def cmd_rejects(args, store):
+    for station, seq, reason, times, raw in store.rejects():
+        print("%s seq %s (%d times): %s\n  %s" % (station, seq, times, reason, raw[:300]))
     return 0
 
 
-def cmd_reingest(args):
-    store, rc = _open_store(args)
-    if store is None:
-        return rc
-    try:
-        done = store.reingest()
-    finally:
-        store.close()
+@_with_store
+def cmd_reingest(args, store):
+    done = store.reingest()
     print("reingested %d records (%d stored, %d already stored)" % (
         len(done), sum(r.outcome == "stored" for r in done),
         sum(r.outcome == "duplicate" for r in done)))

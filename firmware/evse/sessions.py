@@ -206,6 +206,7 @@ class Sessions:
             g = (None, "free", None, (None, None, None), 0)  # plug and charge
         if not self._start(k, c, g, up):
             c.authorized = False
+            c.blocked = True  # (at once: the connector must not authorize itself meanwhile)
             return  # not on flash: no session, no charging; tried again after a pause
         if granted:
             c.finished = False  # a new authorization after a stop, same plug-in
